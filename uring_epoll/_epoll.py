@@ -1,0 +1,471 @@
+"""``uring_epoll.epoll``: a drop-in for ``select.epoll`` that consumes a shared ring.
+
+Semantics, and why they look the way they do:
+
+- On the ring backends every registration is edge-triggered underneath, because the RFC makes
+  EPOLLET mandatory: the kernel appends an item to the ring when its ``ready_events`` goes from
+  0 to non-zero, and the consumer clears it. Edge-triggered registrations therefore take the
+  syscall-free path. Level-triggered ones keep ``select.epoll`` semantics by being re-armed with
+  EPOLL_CTL_MOD at the start of the next poll for every LT item delivered by the previous one;
+  MOD makes the kernel re-poll the file and queue it again if it is still ready. That costs one
+  system call per delivered LT event, which is why the ring only pays off with EPOLLET.
+- The ring may report an event for a file that is no longer ready (the RFC accumulates bits
+  until the consumer takes them, where ``epoll_wait`` re-polls the file at delivery time).
+  Edge-triggered code already copes with that: read until EAGAIN.
+- EPOLLEXCLUSIVE cannot be combined with the ring (the RFC rejects it), so it is a ValueError.
+- ``poll()`` returns ``(fd, events)`` like the stdlib; ``poll_into()`` delivers the 64-bit
+  ``data`` given to ``register(..., data=)``, which defaults to the fd. Within one object every
+  registration's data must be distinct so that ``poll()`` can name the fd.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import select
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import abi, backends, probe
+from ._native_lib import NULL, ffi, lib, os_error
+
+_DEFAULT_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT
+_FD_SETSIZE = 1024
+DEFAULT_MAX_ITEMS = 1024
+
+_live: weakref.WeakSet[epoll] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for ep in list(_live):
+        ep._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _as_fd(obj: Any) -> int:
+    """Like CPython's PyObject_AsFileDescriptor: an int, or an object with fileno()."""
+    if isinstance(obj, int):
+        fd = obj
+    elif hasattr(obj, "fileno"):
+        fd = obj.fileno()
+        if not isinstance(fd, int):
+            raise TypeError("fileno() returned a non-integer")
+    else:
+        raise TypeError("argument must be an int, or have a fileno() method.")
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    return fd
+
+
+def _timeout_ns(timeout: Any) -> int:
+    """select.epoll's timeout rules: None or negative = forever, seconds otherwise."""
+    if timeout is None:
+        return -1
+    if isinstance(timeout, float) and math.isnan(timeout):
+        raise ValueError("Invalid value NaN (not a number)")
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        raise TypeError("timeout must be an integer or None") from None
+    if seconds < 0:
+        return -1
+    if seconds * 1e9 > 2**62:
+        raise OverflowError("timeout is too large")
+    return math.ceil(seconds * 1e9)
+
+
+@dataclass(frozen=True)
+class PollStats:
+    """Counters of one epoll object (ring backends; zeros on the epoll backend)."""
+
+    #: events handed out from the ring
+    ring_events: int
+    #: times the consumer slept in the kernel (futex or epoll_wait(NULL, 0))
+    sleeps: int
+    #: sleeps that ended with "entries in the ring" (ESTALE)
+    estale: int
+    #: bounded spins on an empty ring, and how many of them saw an event arrive
+    spins: int
+    spin_hits: int
+    #: ring entries consumed without an event (EPOLLREMOVED, or masked out)
+    skipped: int
+    #: EPOLL_CTL_MOD re-arms of delivered level-triggered registrations
+    rearms: int
+
+
+class epoll:
+    """Epoll readiness through an EPOLL_USERPOLL ring; a drop-in for :class:`select.epoll`.
+
+    Args:
+        sizehint: as for ``select.epoll`` (-1 or positive); on ring backends also the default
+            ``max_items``.
+        flags: as for ``select.epoll`` (0 or ``EPOLL_CLOEXEC``; the fd is always close-on-exec).
+        backend: ``"auto"`` (default: ``kernel`` where the kernel has the RFC, else
+            ``thread``), ``"kernel"``, ``"thread"`` or ``"epoll"``. The environment variable
+            ``URING_EPOLL_BACKEND`` overrides ``auto``.
+        max_items: most registrations at once on a ring backend (1..65536; more give ENOSPC).
+        protocol: ring protocol revision, 5 (default, the final RFC) or 3 (thread backend).
+        spin_us: how long ``poll`` spins on an empty ring before sleeping (microseconds).
+    """
+
+    backend: str
+    max_items: int | None
+    protocol: int | None
+    EVENT_DTYPE: ClassVar[np.dtype] = abi.EVENT_DTYPE
+
+    def __init__(
+        self,
+        sizehint: int = -1,
+        flags: int = 0,
+        *,
+        backend: str | None = None,
+        max_items: int | None = None,
+        protocol: int = abi.PROTOCOL_V5,
+        spin_us: float = 0.0,
+        _backend_object: backends.Backend | None = None,
+    ) -> None:
+        if not isinstance(sizehint, int) or not isinstance(flags, int):
+            raise TypeError("sizehint and flags must be integers")
+        if sizehint == 0 or sizehint < -1:
+            raise ValueError("negative sizehint")
+        if flags and flags != select.EPOLL_CLOEXEC:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if protocol not in abi.PROTOCOLS:
+            raise ValueError(f"protocol must be 5 or 3, got {protocol!r}")
+        if spin_us < 0:
+            raise ValueError("spin_us must be >= 0")
+        if max_items is None:
+            max_items = sizehint if sizehint > 0 else DEFAULT_MAX_ITEMS
+            max_items = min(max_items, abi.MAX_ITEMS_LIMIT)
+        elif not isinstance(max_items, int) or not 1 <= max_items <= abi.MAX_ITEMS_LIMIT:
+            raise ValueError(f"max_items must be in 1..{abi.MAX_ITEMS_LIMIT}, got {max_items!r}")
+        self._closed = True  # until fully built, so __del__/close are harmless
+        if _backend_object is None:
+            name = probe.resolve_backend(backend)
+            _backend_object = backends.create(
+                name, max_items=max_items, protocol=protocol, spin_ns=int(spin_us * 1000)
+            )
+        self._backend = _backend_object
+        self.backend = _backend_object.name
+        ring = _backend_object.is_ring
+        self.max_items = _backend_object.max_items if ring else None
+        self.protocol = _backend_object.protocol if ring else None
+        self._ring = ring
+        self._data_of_fd: dict[int, int] = {}  # every registration, fd -> data
+        self._fd_of_data: dict[int, int] = {}  # only registrations whose data != fd
+        self._lt: dict[int, tuple[int, int]] = {}  # level-triggered ring registrations
+        self._rearm: list[int] = []
+        self._rearms = 0
+        # Reusable result buffers for poll(): split layout, so tolist() builds the tuples.
+        self._tuple_data = np.zeros(_FD_SETSIZE, np.uint64)
+        self._tuple_events = np.zeros(_FD_SETSIZE, np.uint32)
+        self._tuple_data_ptr = ffi.cast("uint64_t *", ffi.from_buffer(self._tuple_data))
+        self._tuple_events_ptr = ffi.from_buffer(self._tuple_events)
+        self._mv_data = memoryview(self._tuple_data)
+        self._mv_events = memoryview(self._tuple_events)
+        self._into_buf: np.ndarray | None = None
+        self._into_ptr: Any = None
+        self._into_len = 0
+        if ring:
+            self._consumer = _backend_object.consumer
+            self._ue_poll = lib.ue_poll
+        else:
+            self._consumer = None
+            self._ue_poll = None
+            self._stdlib = _backend_object.ep
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _backend_object.close)
+        _live.add(self)
+
+    # ---- select.epoll surface -------------------------------------------------------------
+
+    @classmethod
+    def fromfd(cls, fd: int, **kwargs: Any) -> epoll:
+        """Wrap an existing epoll fd (a userpoll epfd gets the kernel backend)."""
+        fd = _as_fd(fd)
+        from .backends.epoll import EpollBackend
+
+        backend_object: backends.Backend
+        try:
+            from .backends.kernel import KernelBackend
+
+            backend_object = KernelBackend(
+                max_items=1, protocol=abi.PROTOCOL_V5, spin_ns=int(kwargs.get("spin_us", 0) * 1000),
+                epfd=fd,
+            )
+        except (OSError, ValueError):
+            backend_object = EpollBackend(epfd=fd)
+        return cls(_backend_object=backend_object)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The epoll fd (thread backend: its inner epoll fd)."""
+        self._check_open()
+        return self._backend.fileno()
+
+    def close(self) -> None:
+        """Stop the producer (thread backend), unmap the ring and close the fd. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._into_buf = self._into_ptr = None
+        self._consumer = None
+        self._finalizer()
+        _live.discard(self)
+
+    def __enter__(self) -> epoll:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._backend.fileno()}"
+        return f"<uring_epoll.epoll backend={self.backend} {state}>"
+
+    def register(self, fd: Any, eventmask: int = _DEFAULT_MASK, *, data: int | None = None) -> None:
+        """Register *fd* for *eventmask*; *data* (64-bit, default the fd) is what poll_into gives."""
+        self._ctl(abi.EPOLL_CTL_ADD, fd, eventmask, data)
+
+    def modify(self, fd: Any, eventmask: int, *, data: int | None = None) -> None:
+        """Change the events (and optionally the data) of a registered fd."""
+        self._ctl(abi.EPOLL_CTL_MOD, fd, eventmask, data)
+
+    def unregister(self, fd: Any) -> None:
+        """Remove *fd*. A ring entry still pending for it is skipped (EPOLLREMOVED)."""
+        self._check_open()
+        fd = _as_fd(fd)
+        self._backend.ctl(abi.EPOLL_CTL_DEL, fd, 0, 0)
+        self._forget(fd)
+
+    def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
+        """Wait for events, as ``select.epoll.poll``: a list of ``(fd, events)``."""
+        if self._closed:
+            raise ValueError("I/O operation on closed epoll object")
+        if maxevents == -1:
+            maxevents = _FD_SETSIZE - 1
+        elif not isinstance(maxevents, int) or maxevents <= 0:
+            if not isinstance(maxevents, int):
+                raise TypeError("maxevents must be an integer")
+            raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
+        if not self._ring:
+            return self._stdlib.poll(timeout, maxevents)
+        if maxevents > _FD_SETSIZE:
+            maxevents = _FD_SETSIZE  # the rest stays in the ring for the next call
+        if self._rearm:
+            self._do_rearm()
+        tns = -1 if timeout is None else _timeout_ns(timeout)
+        n = self._ue_poll(self._consumer, self._tuple_events_ptr, self._tuple_data_ptr,
+                          maxevents, tns)
+        if n <= 0:
+            if n == 0:
+                return []
+            n = self._poll_error(n, timeout, self._tuple_events_ptr, self._tuple_data_ptr,
+                                 maxevents)
+            if n == 0:
+                return []
+        if n == 1:
+            data = [self._mv_data[0]]
+            events = [self._mv_events[0]]
+        else:
+            data = self._mv_data[:n].tolist()
+            events = self._mv_events[:n].tolist()
+        if self._fd_of_data:
+            get = self._fd_of_data.get
+            data = [get(d, d) for d in data]
+        if self._lt:
+            self._note_lt(data)
+        return list(zip(data, events))
+
+    # ---- the ring extras --------------------------------------------------------------------
+
+    def poll_into(self, buffer: np.ndarray, timeout: float | None = None) -> int:
+        """Fill *buffer* (a 1-d C-contiguous array of :data:`EVENT_DTYPE`) and return the count.
+
+        One C call, no allocation: the ring is drained straight into the buffer (``data`` is
+        the registration's 64-bit data, the fd by default).
+        """
+        if buffer is not self._into_buf:
+            self._bind_into(buffer)
+        if self._rearm:
+            self._do_rearm()
+        tns = -1 if timeout is None else _timeout_ns(timeout)
+        if self._ring:
+            n = self._ue_poll(self._consumer, self._into_ptr, NULL, self._into_len, tns)
+        else:
+            n = lib.ue_sys_epoll_wait_ns(self._backend.epfd, self._into_ptr, self._into_len, tns)
+        if n < 0:
+            n = self._poll_error(n, timeout, self._into_ptr, NULL, self._into_len)
+        if self._lt and n:
+            data = buffer["data"][:n].tolist()
+            if self._fd_of_data:
+                get = self._fd_of_data.get
+                data = [get(d, d) for d in data]
+            self._note_lt(data)
+        return n
+
+    @property
+    def header(self) -> np.ndarray | None:
+        """Read-only view of the ring header (``HEADER_DTYPE``); None on the epoll backend."""
+        self._check_open()
+        return self._backend.header if self._ring else None
+
+    @property
+    def items(self) -> np.ndarray | None:
+        """Read-only view of the shared items (``ITEM_DTYPE``), indexed by slot number."""
+        self._check_open()
+        return self._backend.items if self._ring else None
+
+    @property
+    def index(self) -> np.ndarray | None:
+        """Read-only view of the index ring (u32 slots)."""
+        self._check_open()
+        return self._backend.index if self._ring else None
+
+    @property
+    def stats(self) -> PollStats:
+        """Counters: ring events, sleeps, ESTALE returns, spins, LT re-arms."""
+        self._check_open()
+        counters = self._backend.stats()
+        return PollStats(
+            ring_events=counters.get("ring_events", 0),
+            sleeps=counters.get("sleeps", 0),
+            estale=counters.get("estale", 0),
+            spins=counters.get("spins", 0),
+            spin_hits=counters.get("spin_hits", 0),
+            skipped=counters.get("skipped", 0),
+            rearms=self._rearms,
+        )
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed epoll object")
+
+    def _forked(self) -> None:
+        """In a fork child: this object belongs to the parent; fail clearly from now on."""
+        self._finalizer.detach()
+        self._backend.after_fork_in_child()
+        self._closed = True
+        self._consumer = None
+        self._ue_poll = _forked_poll
+        self._into_buf = self._into_ptr = None
+
+    def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
+        self._check_open()
+        fd = _as_fd(fd)
+        if not isinstance(eventmask, int):
+            raise TypeError("eventmask must be an integer")
+        eventmask &= 0xFFFFFFFF
+        old_data = self._data_of_fd.get(fd)
+        if data is None:
+            data = old_data if (op == abi.EPOLL_CTL_MOD and old_data is not None) else fd
+        elif not isinstance(data, int) or not 0 <= data < 2**64:
+            raise ValueError(f"data must be an integer in 0..2**64-1, got {data!r}")
+        if self._ring and eventmask & abi.EPOLLEXCLUSIVE:
+            raise ValueError(
+                "EPOLLEXCLUSIVE cannot be used on a ring backend: the EPOLL_USERPOLL RFC "
+                "rejects it (EINVAL), as exclusive wake-ups have no meaning for a shared ring"
+            )
+        owner = self._fd_of_data.get(data, data if data in self._data_of_fd else None)
+        if owner is not None and owner != fd and self._data_of_fd.get(owner) == data:
+            raise ValueError(f"data {data} is already used by fd {owner} on this epoll object")
+        level = not eventmask & abi.EPOLLET
+        mask = eventmask | abi.EPOLLET if self._ring else eventmask
+        self._backend.ctl(op, fd, mask, data)
+        # Only now that the kernel agreed: update what poll() needs to name fds.
+        if old_data is not None and old_data != fd:
+            self._fd_of_data.pop(old_data, None)
+        self._data_of_fd[fd] = data
+        if data != fd:
+            self._fd_of_data[data] = fd
+        if self._ring and level and not eventmask & abi.EPOLLONESHOT:
+            self._lt[fd] = (mask, data)
+        else:
+            self._lt.pop(fd, None)
+
+    def _forget(self, fd: int) -> None:
+        data = self._data_of_fd.pop(fd, None)
+        if data is not None and data != fd:
+            self._fd_of_data.pop(data, None)
+        self._lt.pop(fd, None)
+
+    def _note_lt(self, fds: list[int]) -> None:
+        lt = self._lt
+        self._rearm.extend(fd for fd in fds if fd in lt)
+
+    def _do_rearm(self) -> None:
+        pending, self._rearm = self._rearm, []
+        for fd in dict.fromkeys(pending):
+            reg = self._lt.get(fd)
+            if reg is None:
+                continue
+            try:
+                self._backend.ctl(abi.EPOLL_CTL_MOD, fd, reg[0], reg[1])
+                self._rearms += 1
+            except OSError as exc:
+                # Closed or unregistered since it was delivered: nothing left to re-arm.
+                if exc.errno not in (errno.ENOENT, errno.EBADF):
+                    raise
+
+    def _bind_into(self, buffer: np.ndarray) -> None:
+        self._check_open()
+        if not isinstance(buffer, np.ndarray):
+            raise TypeError("buffer must be a numpy array of uring_epoll.EVENT_DTYPE")
+        if buffer.dtype != abi.EVENT_DTYPE:
+            raise TypeError(f"buffer dtype must be uring_epoll.EVENT_DTYPE, not {buffer.dtype}")
+        if buffer.ndim != 1 or not buffer.flags.c_contiguous or not buffer.flags.writeable:
+            raise ValueError("buffer must be a 1-d, C-contiguous, writeable array")
+        if len(buffer) == 0:
+            raise ValueError("buffer must hold at least one event")
+        self._into_ptr = ffi.from_buffer(buffer)
+        self._into_len = min(len(buffer), 2**31 - 1)
+        self._into_buf = buffer
+
+    def _poll_error(self, n: int, timeout: Any, out: Any, data_out: Any, maxevents: int) -> int:
+        """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption."""
+        if self._closed:
+            raise ValueError("I/O operation on closed epoll object")
+        deadline = None
+        tns = -1 if timeout is None else _timeout_ns(timeout)
+        if tns >= 0:
+            deadline = _monotonic_ns() + tns
+        while n == -errno.EINTR:
+            # Returning to the interpreter has run the signal handlers; an exception from one
+            # propagates from here. Otherwise retry with what is left of the timeout.
+            if deadline is not None:
+                tns = max(0, deadline - _monotonic_ns())
+            if self._ring:
+                n = self._ue_poll(self._consumer, out, data_out, maxevents, tns)
+            else:
+                n = lib.ue_sys_epoll_wait_ns(self._backend.epfd, out, maxevents, tns)
+        if n >= 0:
+            return n
+        if n == -errno.EBADMSG and self._ring:
+            raise self._backend.corrupt_error()
+        raise os_error(n)
+
+
+def _monotonic_ns() -> int:
+    import time
+
+    return time.monotonic_ns()
+
+
+def _forked_poll(*_args: Any) -> int:
+    raise RuntimeError(
+        "this uring_epoll.epoll object was created in the parent process; after fork() its "
+        "ring and producer belong to the parent: create a new epoll object in the child"
+    )

@@ -1,0 +1,88 @@
+"""cffi API-mode builder for ``uring_epoll._native``.
+
+The declarations below are the whole C surface Python sees; the implementation lives in the
+``csrc/`` sources beside this file. Run by setuptools through ``cffi_modules`` in setup.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+SOURCES = ["ring.c", "emu.c", "sys.c"]
+
+CDEF = """
+struct ue_ring { ...; };
+struct ue_stats {
+    uint64_t ring_events, sleeps, estale, spins, spin_hits, skipped;
+};
+struct ue_consumer {
+    struct ue_stats stats;
+    uint32_t bad_position, bad_value, bad_kind;
+    ...;
+};
+struct ue_emu;
+struct ue_producers;
+
+#define UE_NATIVE_VERSION ...
+#define UE_WAIT_KERNEL ...
+#define UE_WAIT_FUTEX ...
+
+int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, void *index,
+                     size_t index_len, int protocol, int mode, int epfd, struct ue_emu *emu,
+                     uint64_t spin_ns);
+long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents);
+long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
+             int64_t timeout_ns);
+
+struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t index_len,
+                          uint32_t max_items, int protocol, int *err);
+int ue_emu_start(struct ue_emu *emu);
+int ue_emu_ctl(struct ue_emu *emu, int op, int fd, uint32_t events, uint64_t data);
+int ue_emu_inject(struct ue_emu *emu, int fd, uint32_t events);
+int ue_emu_inner_fd(struct ue_emu *emu);
+int ue_emu_thread_error(struct ue_emu *emu);
+uint64_t ue_emu_published(struct ue_emu *emu);
+int ue_emu_stop(struct ue_emu *emu);
+void ue_emu_free(struct ue_emu *emu);
+
+int ue_sys_epoll_create2(long nr, int flags, size_t size);
+int ue_sys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+int ue_sys_epoll_wait(int epfd, void *events, int maxevents, int timeout_ms);
+int ue_sys_epoll_wait_null(int epfd, int timeout_ms);
+int ue_sys_epoll_wait_ns(int epfd, void *events, int maxevents, int64_t timeout_ns);
+int ue_sys_eventfd(unsigned int initval, int flags);
+
+struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
+                                        uint64_t writes_per_thread, uint64_t value, int mode,
+                                        int *err);
+int ue_producers_join(struct ue_producers *p, uint64_t *written);
+void ue_producers_stop(struct ue_producers *p);
+long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);
+"""
+
+
+def native_version() -> int:
+    """The interface version compiled into the module (from ue.h)."""
+    match = re.search(r"#define UE_NATIVE_VERSION (\d+)", (CSRC / "ue.h").read_text())
+    assert match, "UE_NATIVE_VERSION missing from ue.h"
+    return int(match.group(1))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "uring_epoll._native",
+    '#include "ue.h"',
+    sources=[str((CSRC / name).relative_to(HERE.parent)) for name in SOURCES],
+    include_dirs=[str(CSRC.relative_to(HERE.parent))],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,29 @@
+"""The ``epoll`` backend: plain ``epoll_wait``, no ring. The fallback and the baseline."""
+
+from __future__ import annotations
+
+import select
+
+from .._native_lib import lib, os_error
+from .base import Backend
+
+
+class EpollBackend(Backend):
+    """A ``select.epoll`` underneath; ``poll_into`` calls ``epoll_wait`` from C."""
+
+    name = "epoll"
+
+    def __init__(self, *, cloexec: bool = True, epfd: int | None = None) -> None:
+        self.ep = select.epoll() if epfd is None else select.epoll.fromfd(epfd)
+        self.epfd = self.ep.fileno()
+
+    def fileno(self) -> int:
+        return self.epfd
+
+    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
+        ret = lib.ue_sys_epoll_ctl(self.epfd, op, fd, events, data)
+        if ret < 0:
+            raise os_error(ret)
+
+    def close(self) -> None:
+        self.ep.close()

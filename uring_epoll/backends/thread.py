@@ -1,0 +1,82 @@
+"""The ``thread`` backend: the RFC's ring on any kernel.
+
+The ring lives in anonymous shared memory laid out exactly as the kernel lays it out. A C
+poller thread (no GIL) waits on an ordinary epoll fd holding every registration
+edge-triggered, and publishes each event with the kernel's producer algorithm (see
+``csrc/emu.c``). The consumer is the same C code as on the kernel backend; when the ring is
+empty it sleeps on a futex on ``tail`` and "ESTALE" is emulated, so the consumer loop is the
+kernel one.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .. import abi
+from .._native_lib import ffi, lib, os_error
+from .base import RingBackend, anonymous_shared
+
+
+class ThreadBackend(RingBackend):
+    """EPOLL_USERPOLL emulated in userspace by a C poller thread."""
+
+    name = "thread"
+
+    def __init__(self, *, max_items: int, protocol: int, spin_ns: int) -> None:
+        super().__init__()
+        header_map = anonymous_shared(abi.header_length(max_items))
+        index_map = anonymous_shared(abi.index_length(max_items))
+        header_ptr = ffi.from_buffer(header_map)
+        index_ptr = ffi.from_buffer(index_map)
+        err = ffi.new("int *")
+        emu = lib.ue_emu_new(
+            header_ptr, len(header_map), index_ptr, len(index_map), max_items, protocol, err
+        )
+        if emu == ffi.NULL:
+            raise os_error(err[0], "creating the userspace producer")
+        # From here on the C producer holds pointers into the maps: free it before them.
+        self.emu = emu
+        try:
+            self._attach(
+                header_map, index_map, protocol, lib.UE_WAIT_FUTEX, -1, emu, spin_ns
+            )
+            ret = lib.ue_emu_start(emu)
+            if ret < 0:
+                raise os_error(ret, "starting the poller thread")
+        except BaseException:
+            lib.ue_emu_free(emu)
+            self.emu = None
+            raise
+        self._keepalive += [header_ptr, index_ptr]
+
+    def fileno(self) -> int:
+        # The inner epoll: readable while the poller has events still to harvest. (A nested
+        # poll of a kernel userpoll epfd reports "ring non-empty" instead; see the README.)
+        return lib.ue_emu_inner_fd(self.emu)
+
+    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
+        ret = lib.ue_emu_ctl(self.emu, op, fd, events, data)
+        if ret < 0:
+            raise os_error(ret)
+        err = lib.ue_emu_thread_error(self.emu)
+        if err:
+            raise OSError(err, f"the poller thread stopped: {errno.errorcode.get(err, err)}")
+
+    def inject(self, fd: int, events: int) -> None:
+        """Publish *events* for *fd* as the poller would on a wake-up (tests, benchmarks)."""
+        ret = lib.ue_emu_inject(self.emu, fd, events)
+        if ret < 0:
+            raise os_error(ret)
+
+    def close(self) -> None:
+        if self.emu is not None:
+            # Joins the poller thread before the memory it writes can go away.
+            lib.ue_emu_free(self.emu)
+            self.emu = None
+        self._release_maps()
+
+    def after_fork_in_child(self) -> None:
+        # The poller thread does not exist here, and its stop eventfd is shared with the
+        # parent: never signal it, never free what the parent's thread may still use.
+        self.emu = None
+        self._release_maps()

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The EPOLL_USERPOLL consumer: drain the index ring into a caller's buffer of packed
+ * struct epoll_event, then (ue_poll) spin and sleep the way the RFC's reference loop does.
+ *
+ * Memory ordering, in the words of the C11 model (GCC __atomic builtins):
+ *
+ *  - tail is loaded with ACQUIRE. It pairs with the producer's RELEASE when it publishes tail
+ *    (kernel: the last CPU leaving the append path; emulator: ue_emu append), so every index
+ *    slot below tail, and the ready_events OR that preceded the append, are visible.
+ *  - protocol 3 only: the producer bumps tail before it writes the slot, so the slot itself is
+ *    loaded with ACQUIRE (pairs with the producer's RELEASE store of slot + 1) and a zero means
+ *    "reserved, not yet written": we wait for it a bounded time, never forever.
+ *  - item.data is read before ready_events is exchanged with 0 (ACQ_REL). The RELEASE half
+ *    keeps the data load before the exchange: once ready_events is 0 the producer may append
+ *    the slot again, or a DEL + ADD may hand the slot to a new owner with new data; the
+ *    ACQUIRE half pairs with the producer's atomic OR so we see the bits it set.
+ *    Exchanging (never "load, then store 0") is what keeps a bit ORed in between from being
+ *    lost without a new ring entry.
+ *  - head is stored with RELEASE after the batch. It pairs with the kernel's ACQUIRE of head
+ *    when it decides "ring non-empty" (ESTALE, poll of the epfd) and orders our reads of the
+ *    index slots (and, in protocol 3, the zeroing stores) before the slots can be reused.
+ *
+ * Nothing read from shared memory is trusted: tail - head must fit in the ring and every
+ * slot number must be below max_items (our private copy, taken when the ring was attached).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ue.h"
+
+#define UE_EPOLLERR 0x008u
+#define UE_EPOLLHUP 0x010u
+
+/* How long a protocol-3 consumer waits for a reserved slot to be written. */
+#define UE_V3_SLOT_SPINS (1u << 20)
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#else
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int is_pow2(uint64_t x)
+{
+	return x && !(x & (x - 1));
+}
+
+int ue_ring_attach(struct ue_ring *ring, void *header, size_t header_len, void *index,
+		   size_t index_len, int protocol)
+{
+	struct ue_uheader *hdr = header;
+	uint32_t n;
+
+	if (protocol != 3 && protocol != 5)
+		return -EINVAL;
+	if (!header || !index || header_len < UE_HEADER_SIZE)
+		return -EINVAL;
+	/* These fields are written once, before the ring is handed out; check them all. */
+	if (hdr->magic != UE_USERPOLL_MAGIC)
+		return -EBADMSG;
+	n = hdr->max_items_nr;
+	if (n == 0 || n > UE_MAX_ITEMS)
+		return -EBADMSG;
+	if ((uint64_t)UE_HEADER_SIZE + 16ull * n > header_len)
+		return -EBADMSG;
+	if (hdr->index_length != index_len || !is_pow2(index_len) || index_len / 4 < n)
+		return -EBADMSG;
+	ring->hdr = hdr;
+	ring->items = (struct ue_uitem *)((char *)header + UE_HEADER_SIZE);
+	ring->index = index;
+	ring->index_mask = (uint32_t)(index_len / 4 - 1);
+	ring->max_items = n;
+	ring->protocol = protocol;
+	return 0;
+}
+
+int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, void *index,
+		     size_t index_len, int protocol, int mode, int epfd, struct ue_emu *emu,
+		     uint64_t spin_ns)
+{
+	int ret;
+
+	memset(c, 0, sizeof(*c));
+	ret = ue_ring_attach(&c->ring, header, header_len, index, index_len, protocol);
+	if (ret)
+		return ret;
+	if (mode != UE_WAIT_KERNEL && mode != UE_WAIT_FUTEX)
+		return -EINVAL;
+	if (mode == UE_WAIT_FUTEX && !emu)
+		return -EINVAL;
+	c->mode = mode;
+	c->epfd = epfd;
+	c->emu = emu;
+	c->spin_ns = spin_ns;
+	return 0;
+}
+
+static inline void put_event(char *out, uint64_t *data_out, uint32_t i, uint32_t events,
+			     uint64_t data)
+{
+	if (data_out) {
+		/* Split layout: out is a u32 events array, data_out a u64 data array. */
+		((uint32_t *)out)[i] = events;
+		data_out[i] = data;
+		return;
+	}
+	/* struct epoll_event is packed on x86_64: 4 bytes of events, then 8 of data. */
+	memcpy(out + 12u * i, &events, 4);
+	memcpy(out + 12u * i + 4, &data, 8);
+}
+
+static void mark_bad(struct ue_consumer *c, uint32_t kind, uint32_t pos, uint32_t value)
+{
+	c->bad_kind = kind;
+	c->bad_position = pos;
+	c->bad_value = value;
+}
+
+/*
+ * Drain up to maxevents. Returns the number written, or -EBADMSG when the first entry looked
+ * at is corrupt; a corrupt entry after good ones ends the batch early and is reported by the
+ * next call, so the events already consumed are never lost. Caller holds c->lock.
+ */
+static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
+			 uint32_t maxevents)
+{
+	struct ue_ring *r = &c->ring;
+	uint32_t head = __atomic_load_n(&r->hdr->head, __ATOMIC_RELAXED); /* we own head */
+	uint32_t tail = __atomic_load_n(&r->hdr->tail, __ATOMIC_ACQUIRE);
+	uint32_t n = 0, skipped = 0;
+	long ret = 0;
+
+	if (head == tail)
+		return 0;
+	if (tail - head > r->index_mask + 1) {
+		mark_bad(c, 2, head, tail);
+		return -EBADMSG;
+	}
+	while (head != tail && n < maxevents) {
+		uint32_t *slotp = &r->index[head & r->index_mask];
+		uint32_t slot, events, interest;
+		struct ue_uitem *item;
+		uint64_t data;
+
+		if (r->protocol == 5) {
+			slot = __atomic_load_n(slotp, __ATOMIC_ACQUIRE);
+		} else {
+			uint32_t spins = 0, v;
+
+			/* Pairs with the producer's RELEASE store of slot + 1. */
+			while ((v = __atomic_load_n(slotp, __ATOMIC_ACQUIRE)) == 0) {
+				if (++spins == UE_V3_SLOT_SPINS)
+					goto out; /* reserved but unwritten: next call */
+				cpu_relax();
+			}
+			slot = v - 1;
+			if (slot >= r->max_items) {
+				mark_bad(c, 1, head, v);
+				ret = -EBADMSG;
+				break;
+			}
+			/* Zero it so the next lap can tell "not yet written". */
+			__atomic_store_n(slotp, 0, __ATOMIC_RELAXED);
+		}
+		if (slot >= r->max_items) {
+			mark_bad(c, 1, head, slot);
+			ret = -EBADMSG;
+			break;
+		}
+		item = &r->items[slot];
+		data = __atomic_load_n(&item->data, __ATOMIC_RELAXED);
+		events = __atomic_exchange_n(&item->ready_events, 0, __ATOMIC_ACQ_REL);
+		head++;
+		/* The producer may OR in wake bits nobody asked for; ERR and HUP always count. */
+		interest = __atomic_load_n(&item->events, __ATOMIC_RELAXED) | UE_EPOLLERR |
+			   UE_EPOLLHUP;
+		events &= interest & ~UE_EPOLLREMOVED;
+		if (!events) {
+			skipped++;
+			continue;
+		}
+		put_event(out, data_out, n++, events, data);
+	}
+out:
+	/* Pairs with the producer's ACQUIRE of head (ring non-empty checks). */
+	__atomic_store_n(&r->hdr->head, head, __ATOMIC_RELEASE);
+	c->stats.ring_events += n;
+	c->stats.skipped += skipped;
+	if (n)
+		return n;
+	return ret;
+}
+
+static int consumer_trylock(struct ue_consumer *c)
+{
+	return !__atomic_exchange_n(&c->lock, 1, __ATOMIC_ACQUIRE);
+}
+
+static void consumer_unlock(struct ue_consumer *c)
+{
+	__atomic_store_n(&c->lock, 0, __ATOMIC_RELEASE);
+}
+
+static void consumer_lock(struct ue_consumer *c)
+{
+	while (!consumer_trylock(c))
+		sched_yield();
+}
+
+long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents)
+{
+	long ret;
+
+	consumer_lock(c);
+	ret = drain_locked(c, out, data_out, maxevents);
+	consumer_unlock(c);
+	return ret;
+}
+
+static int ring_empty(struct ue_consumer *c)
+{
+	return __atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED) ==
+	       __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
+}
+
+/* Futex wait on the emulator's tail word; the emulator's producer side is in emu.c. */
+int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns);
+
+/*
+ * The reference consumer loop in one call: drain; if empty, spin on tail for spin_ns; then
+ * sleep until entries appear (kernel: epoll_wait(NULL, 0) returning -ESTALE; emulator: futex)
+ * and drain again. With data_out NULL, out receives packed struct epoll_event; otherwise out
+ * is a u32 events array and data_out a u64 data array. Returns the count (0 on timeout) or -errno (-EINTR: the caller handles
+ * signals and calls again with what is left of its timeout).
+ */
+long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
+	     int64_t timeout_ns)
+{
+	uint64_t deadline = 0, now;
+	long n;
+
+	if (timeout_ns > 0)
+		deadline = now_ns() + (uint64_t)timeout_ns;
+	for (;;) {
+		n = ue_drain(c, out, data_out, maxevents);
+		if (n != 0)
+			return n;
+		if (timeout_ns == 0)
+			return 0;
+		if (c->spin_ns) {
+			uint64_t spin_end = now_ns() + c->spin_ns;
+
+			c->stats.spins++;
+			while (ring_empty(c)) {
+				cpu_relax();
+				if (now_ns() >= spin_end)
+					break;
+			}
+			if (!ring_empty(c)) {
+				c->stats.spin_hits++;
+				continue;
+			}
+		}
+		int64_t left = -1;
+
+		if (timeout_ns > 0) {
+			now = now_ns();
+			if (now >= deadline)
+				return 0;
+			left = (int64_t)(deadline - now);
+		}
+		c->stats.sleeps++;
+		if (c->mode == UE_WAIT_KERNEL) {
+			/* Round up like CPython's select.epoll, so we never return early. */
+			int ms = left < 0 ? -1 :
+				 (int)((left + 999999) / 1000000 > INT_MAX ?
+					       INT_MAX :
+					       (left + 999999) / 1000000);
+			int ret = ue_sys_epoll_wait_null(c->epfd, ms);
+
+			if (ret == -ESTALE) {
+				c->stats.estale++;
+				continue;
+			}
+			if (ret < 0)
+				return ret;
+			/* 0: timed out (the kernel's clock, not ours). */
+			if (timeout_ns < 0)
+				continue;
+			if (now_ns() >= deadline)
+				return 0;
+			continue;
+		} else {
+			uint32_t tail = __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
+			uint32_t head = __atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED);
+			int ret;
+
+			if (head != tail) {
+				c->stats.estale++;
+				continue;
+			}
+			ret = ue__emu_wait(c->emu, &c->ring.hdr->tail, tail, left);
+			if (ret == -ESTALE) {
+				c->stats.estale++;
+				continue;
+			}
+			if (ret < 0 && ret != -ETIMEDOUT)
+				return ret;
+			if (timeout_ns > 0 && now_ns() >= deadline)
+				return 0;
+		}
+	}
+}

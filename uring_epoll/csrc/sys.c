@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Fixed-argument system call wrappers (never a variadic syscall() prototype crossing into
+ * Python) and the C producer threads used by the load tests and benchmarks.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ue.h"
+
+int ue_sys_epoll_create2(long nr, int flags, size_t size)
+{
+	/* Python only passes the number the running kernel announced (see probe.py). */
+	long ret = syscall(nr, flags, size);
+
+	return ret < 0 ? -errno : (int)ret;
+}
+
+int ue_sys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data)
+{
+	struct epoll_event ev = { .events = events, .data.u64 = data };
+
+	return epoll_ctl(epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &ev) ? -errno : 0;
+}
+
+int ue_sys_epoll_wait(int epfd, void *events, int maxevents, int timeout_ms)
+{
+	int ret = epoll_wait(epfd, events, maxevents, timeout_ms);
+
+	return ret < 0 ? -errno : ret;
+}
+
+/* epoll_wait with a nanosecond timeout (negative: forever), rounded up to whole ms. */
+int ue_sys_epoll_wait_ns(int epfd, void *events, int maxevents, int64_t timeout_ns)
+{
+	int64_t ms = timeout_ns < 0 ? -1 : (timeout_ns + 999999) / 1000000;
+
+	return ue_sys_epoll_wait(epfd, events, maxevents, ms > INT_MAX ? INT_MAX : (int)ms);
+}
+
+int ue_sys_epoll_wait_null(int epfd, int timeout_ms)
+{
+	/* The userpoll form: no events array; -ESTALE means "entries in the ring". */
+	long ret = syscall(SYS_epoll_wait, epfd, NULL, 0, timeout_ms);
+
+	return ret < 0 ? -errno : (int)ret;
+}
+
+int ue_sys_eventfd(unsigned int initval, int flags)
+{
+	int ret = eventfd(initval, flags);
+
+	return ret < 0 ? -errno : ret;
+}
+
+/* ---- producers ---- */
+
+struct producer {
+	struct ue_producers *group;
+	pthread_t thread;
+	uint32_t first; /* this thread writes fds[first], fds[first + stride], ... */
+	uint64_t written;
+	int error;
+};
+
+struct ue_producers {
+	const int *fds;
+	uint32_t nfds;
+	uint32_t nthreads;
+	uint64_t writes_per_thread; /* 0: until stopped */
+	uint64_t value;
+	int mode; /* 0: write(value) as u64; 1: ioctl(fd, value >> 32, value & 0xffffffff) */
+	int stop;
+	struct producer threads[];
+};
+
+static int produce_one(struct ue_producers *g, int fd)
+{
+	for (;;) {
+		if (g->mode == 0) {
+			ssize_t ret = write(fd, &g->value, sizeof(g->value));
+
+			if (ret == sizeof(g->value))
+				return 0;
+		} else {
+			if (ioctl(fd, (unsigned long)(g->value >> 32),
+				  (unsigned long)(g->value & 0xffffffffu)) >= 0)
+				return 0;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			/* An eventfd counter at its maximum: the consumer will catch up. */
+			if (__atomic_load_n(&g->stop, __ATOMIC_RELAXED))
+				return -EAGAIN;
+			sched_yield();
+			continue;
+		}
+		return -errno;
+	}
+}
+
+static void *producer_main(void *arg)
+{
+	struct producer *p = arg;
+	struct ue_producers *g = p->group;
+	uint32_t i = p->first;
+	sigset_t all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	while (!__atomic_load_n(&g->stop, __ATOMIC_RELAXED)) {
+		if (g->writes_per_thread && p->written >= g->writes_per_thread)
+			break;
+		int ret = produce_one(g, g->fds[i]);
+
+		if (ret) {
+			if (ret != -EAGAIN)
+				p->error = -ret;
+			break;
+		}
+		p->written++;
+		i += g->nthreads;
+		if (i >= g->nfds)
+			i = p->first;
+	}
+	return NULL;
+}
+
+struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
+					uint64_t writes_per_thread, uint64_t value, int mode,
+					int *err)
+{
+	struct ue_producers *g;
+	uint32_t t;
+
+	*err = 0;
+	if (!nfds || !nthreads || nthreads > nfds || nthreads > 256 || (mode != 0 && mode != 1)) {
+		*err = -EINVAL;
+		return NULL;
+	}
+	g = calloc(1, sizeof(*g) + nthreads * sizeof(g->threads[0]));
+	if (!g) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	g->fds = fds;
+	g->nfds = nfds;
+	g->nthreads = nthreads;
+	g->writes_per_thread = writes_per_thread;
+	g->value = value;
+	g->mode = mode;
+	for (t = 0; t < nthreads; t++) {
+		int ret;
+
+		g->threads[t].group = g;
+		g->threads[t].first = t;
+		ret = pthread_create(&g->threads[t].thread, NULL, producer_main, &g->threads[t]);
+		if (ret) {
+			*err = -ret;
+			__atomic_store_n(&g->stop, 1, __ATOMIC_RELAXED);
+			while (t--)
+				pthread_join(g->threads[t].thread, NULL);
+			free(g);
+			return NULL;
+		}
+	}
+	return g;
+}
+
+void ue_producers_stop(struct ue_producers *g)
+{
+	__atomic_store_n(&g->stop, 1, __ATOMIC_RELAXED);
+}
+
+/* Join every thread and free the group; *written = total writes. Returns -errno of a failure. */
+int ue_producers_join(struct ue_producers *g, uint64_t *written)
+{
+	uint64_t total = 0;
+	int err = 0;
+	uint32_t t;
+
+	for (t = 0; t < g->nthreads; t++) {
+		pthread_join(g->threads[t].thread, NULL);
+		total += g->threads[t].written;
+		if (g->threads[t].error && !err)
+			err = g->threads[t].error;
+	}
+	free(g);
+	*written = total;
+	return -err;
+}
+
+/*
+ * For each delivered event (packed epoll_event whose data is an eventfd), read the eventfd
+ * and add its counter to *sum. Returns the number of reads that found a value.
+ */
+long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum)
+{
+	const char *p = events;
+	long got = 0;
+	uint32_t i;
+
+	for (i = 0; i < n; i++) {
+		uint64_t data, value;
+
+		memcpy(&data, p + 12u * i + 4, 8);
+		if (read((int)data, &value, sizeof(value)) == sizeof(value)) {
+			*sum += value;
+			got++;
+		} else if (errno != EAGAIN) {
+			return -errno;
+		}
+	}
+	return got;
+}
