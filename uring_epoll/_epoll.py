@@ -24,6 +24,7 @@ import errno
 import math
 import os
 import select
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import abi, backends, probe
-from ._native_lib import NULL, ffi, lib, os_error
+from ._native_lib import ffi, lib, os_error
 
 _DEFAULT_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT
 _FD_SETSIZE = 1024
@@ -165,21 +166,23 @@ class epoll:
         # Reusable result buffers for poll(): split layout, so tolist() builds the tuples.
         self._tuple_data = np.zeros(_FD_SETSIZE, np.uint64)
         self._tuple_events = np.zeros(_FD_SETSIZE, np.uint32)
-        self._tuple_data_ptr = ffi.cast("uint64_t *", ffi.from_buffer(self._tuple_data))
-        self._tuple_events_ptr = ffi.from_buffer(self._tuple_events)
+        self._keep = (ffi.from_buffer(self._tuple_data), ffi.from_buffer(self._tuple_events))
         self._mv_data = memoryview(self._tuple_data)
         self._mv_events = memoryview(self._tuple_events)
+        self._consumer = _backend_object.consumer
+        self._pairs_key: Any = None  # the maxevents argument the fast path is bound for
+        self._pairs_bound = 0
         self._into_buf: np.ndarray | None = None
-        self._into_ptr: Any = None
-        self._into_len = 0
-        if ring:
-            self._consumer = _backend_object.consumer
-            self._ue_poll = lib.ue_poll
-        else:
-            self._consumer = None
-            self._ue_poll = None
+        self._into_keep: Any = None
+        self._poll_into_fn = lib.ue_poll_into
+        self._poll_pairs_fn = lib.ue_poll_pairs
+        # poll() and poll_into() take their fast path unless these are set: closed object,
+        # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
+        self._slow = self._into_slow = False
+        if not ring:
             self._stdlib = _backend_object.ep
         self._closed = False
+        self._update_paths()
         self._finalizer = weakref.finalize(self, _backend_object.close)
         _live.add(self)
 
@@ -218,7 +221,8 @@ class epoll:
         if self._closed:
             return
         self._closed = True
-        self._into_buf = self._into_ptr = None
+        self._update_paths()
+        self._into_buf = self._into_keep = None
         self._consumer = None
         self._finalizer()
         _live.discard(self)
@@ -234,8 +238,10 @@ class epoll:
         state = "closed" if self._closed else f"fd={self._backend.fileno()}"
         return f"<uring_epoll.epoll backend={self.backend} {state}>"
 
-    def register(self, fd: Any, eventmask: int = _DEFAULT_MASK, *, data: int | None = None) -> None:
-        """Register *fd* for *eventmask*; *data* (64-bit, default the fd) is what poll_into gives."""
+    def register(
+        self, fd: Any, eventmask: int = _DEFAULT_MASK, *, data: int | None = None
+    ) -> None:
+        """Register *fd* for *eventmask*; *data* (64-bit, default: the fd) goes to poll_into."""
         self._ctl(abi.EPOLL_CTL_ADD, fd, eventmask, data)
 
     def modify(self, fd: Any, eventmask: int, *, data: int | None = None) -> None:
@@ -251,42 +257,55 @@ class epoll:
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
         """Wait for events, as ``select.epoll.poll``: a list of ``(fd, events)``."""
-        if self._closed:
-            raise ValueError("I/O operation on closed epoll object")
-        if maxevents == -1:
-            maxevents = _FD_SETSIZE - 1
-        elif not isinstance(maxevents, int) or maxevents <= 0:
-            if not isinstance(maxevents, int):
-                raise TypeError("maxevents must be an integer")
-            raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
-        if not self._ring:
-            return self._stdlib.poll(timeout, maxevents)
-        if maxevents > _FD_SETSIZE:
-            maxevents = _FD_SETSIZE  # the rest stays in the ring for the next call
-        if self._rearm:
-            self._do_rearm()
-        tns = -1 if timeout is None else _timeout_ns(timeout)
-        n = self._ue_poll(self._consumer, self._tuple_events_ptr, self._tuple_data_ptr,
-                          maxevents, tns)
+        if maxevents != self._pairs_key or self._slow:
+            return self._poll_slow(timeout, maxevents)
+        return self._pairs(timeout)
+
+    def _pairs(self, timeout: Any) -> list[tuple[int, int]]:
+        """One drain into the split arrays, turned into (fd, events) tuples."""
+        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
+        n = self._poll_pairs_fn(self._consumer, tns)
         if n <= 0:
             if n == 0:
                 return []
-            n = self._poll_error(n, timeout, self._tuple_events_ptr, self._tuple_data_ptr,
-                                 maxevents)
+            n = self._poll_error(n, timeout, self._poll_pairs_fn)
             if n == 0:
                 return []
         if n == 1:
-            data = [self._mv_data[0]]
-            events = [self._mv_events[0]]
-        else:
-            data = self._mv_data[:n].tolist()
-            events = self._mv_events[:n].tolist()
+            data = self._mv_data[0]
+            if self._fd_of_data:
+                data = self._fd_of_data.get(data, data)
+            return [(data, self._mv_events[0])]
+        fds = self._mv_data[:n].tolist()
         if self._fd_of_data:
             get = self._fd_of_data.get
-            data = [get(d, d) for d in data]
+            fds = [get(d, d) for d in fds]
+        return list(zip(fds, self._mv_events[:n].tolist(), strict=True))
+
+    def _poll_slow(self, timeout: Any, maxevents: int) -> list[tuple[int, int]]:
+        """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""
+        if self._closed:
+            raise ValueError("I/O operation on closed epoll object")
+        if not isinstance(maxevents, int):
+            raise TypeError("maxevents must be an integer")
+        if maxevents != -1 and maxevents <= 0:
+            raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
+        if not self._ring:
+            return self._stdlib.poll(timeout, maxevents)
+        if self._rearm:
+            self._do_rearm()
+        # More than the reusable arrays hold simply stays in the ring for the next call.
+        bound = _FD_SETSIZE - 1 if maxevents == -1 else min(maxevents, _FD_SETSIZE)
+        if bound != self._pairs_bound:
+            data_ptr, events_ptr = self._keep
+            lib.ue_bind(self._consumer, 1, events_ptr, ffi.cast("uint64_t *", data_ptr), bound)
+            self._pairs_bound = bound
+        self._pairs_key = maxevents
+        result = self._pairs(timeout)
         if self._lt:
-            self._note_lt(data)
-        return list(zip(data, events))
+            self._note_lt([fd for fd, _ in result])
+        self._update_paths()
+        return result
 
     # ---- the ring extras --------------------------------------------------------------------
 
@@ -296,17 +315,24 @@ class epoll:
         One C call, no allocation: the ring is drained straight into the buffer (``data`` is
         the registration's 64-bit data, the fd by default).
         """
+        if buffer is not self._into_buf or self._into_slow:
+            return self._poll_into_slow(buffer, timeout)
+        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
+        n = self._poll_into_fn(self._consumer, tns)
+        if n < 0:
+            return self._poll_error(n, timeout, self._poll_into_fn)
+        return n
+
+    def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
+        self._check_open()
         if buffer is not self._into_buf:
             self._bind_into(buffer)
         if self._rearm:
             self._do_rearm()
-        tns = -1 if timeout is None else _timeout_ns(timeout)
-        if self._ring:
-            n = self._ue_poll(self._consumer, self._into_ptr, NULL, self._into_len, tns)
-        else:
-            n = lib.ue_sys_epoll_wait_ns(self._backend.epfd, self._into_ptr, self._into_len, tns)
+        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
+        n = self._poll_into_fn(self._consumer, tns)
         if n < 0:
-            n = self._poll_error(n, timeout, self._into_ptr, NULL, self._into_len)
+            n = self._poll_error(n, timeout, self._poll_into_fn)
         if self._lt and n:
             data = buffer["data"][:n].tolist()
             if self._fd_of_data:
@@ -350,6 +376,11 @@ class epoll:
 
     # ---- internals --------------------------------------------------------------------------
 
+    def _update_paths(self) -> None:
+        lt = bool(self._lt)
+        self._slow = self._closed or lt or not self._ring
+        self._into_slow = self._closed or lt
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("I/O operation on closed epoll object")
@@ -359,9 +390,10 @@ class epoll:
         self._finalizer.detach()
         self._backend.after_fork_in_child()
         self._closed = True
+        self._update_paths()
         self._consumer = None
-        self._ue_poll = _forked_poll
-        self._into_buf = self._into_ptr = None
+        self._poll_into_fn = self._poll_pairs_fn = _forked_poll
+        self._into_buf = self._into_keep = None
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
         self._check_open()
@@ -395,12 +427,14 @@ class epoll:
             self._lt[fd] = (mask, data)
         else:
             self._lt.pop(fd, None)
+        self._update_paths()
 
     def _forget(self, fd: int) -> None:
         data = self._data_of_fd.pop(fd, None)
         if data is not None and data != fd:
             self._fd_of_data.pop(data, None)
         self._lt.pop(fd, None)
+        self._update_paths()
 
     def _note_lt(self, fds: list[int]) -> None:
         lt = self._lt
@@ -430,38 +464,29 @@ class epoll:
             raise ValueError("buffer must be a 1-d, C-contiguous, writeable array")
         if len(buffer) == 0:
             raise ValueError("buffer must hold at least one event")
-        self._into_ptr = ffi.from_buffer(buffer)
-        self._into_len = min(len(buffer), 2**31 - 1)
+        self._into_keep = ffi.from_buffer(buffer)
+        lib.ue_bind(self._consumer, 0, self._into_keep, ffi.NULL, min(len(buffer), 2**31 - 1))
         self._into_buf = buffer
 
-    def _poll_error(self, n: int, timeout: Any, out: Any, data_out: Any, maxevents: int) -> int:
+    def _poll_error(self, n: int, timeout: Any, poll_fn: Any) -> int:
         """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption."""
-        if self._closed:
-            raise ValueError("I/O operation on closed epoll object")
         deadline = None
         tns = -1 if timeout is None else _timeout_ns(timeout)
         if tns >= 0:
-            deadline = _monotonic_ns() + tns
+            deadline = time.monotonic_ns() + tns
         while n == -errno.EINTR:
-            # Returning to the interpreter has run the signal handlers; an exception from one
+            # Coming back to the interpreter ran the signal handlers; an exception from one
             # propagates from here. Otherwise retry with what is left of the timeout.
+            if self._closed:
+                raise ValueError("I/O operation on closed epoll object")
             if deadline is not None:
-                tns = max(0, deadline - _monotonic_ns())
-            if self._ring:
-                n = self._ue_poll(self._consumer, out, data_out, maxevents, tns)
-            else:
-                n = lib.ue_sys_epoll_wait_ns(self._backend.epfd, out, maxevents, tns)
+                tns = max(0, deadline - time.monotonic_ns())
+            n = poll_fn(self._consumer, tns)
         if n >= 0:
             return n
         if n == -errno.EBADMSG and self._ring:
             raise self._backend.corrupt_error()
         raise os_error(n)
-
-
-def _monotonic_ns() -> int:
-    import time
-
-    return time.monotonic_ns()
 
 
 def _forked_poll(*_args: Any) -> int:

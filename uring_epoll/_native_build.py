@@ -31,6 +31,7 @@ struct ue_producers;
 #define UE_NATIVE_VERSION ...
 #define UE_WAIT_KERNEL ...
 #define UE_WAIT_FUTEX ...
+#define UE_WAIT_EPOLL ...
 
 int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, void *index,
                      size_t index_len, int protocol, int mode, int epfd, struct ue_emu *emu,
@@ -38,6 +39,10 @@ int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, voi
 long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents);
 long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
              int64_t timeout_ns);
+int ue_consumer_init_epoll(struct ue_consumer *c, int epfd);
+void ue_bind(struct ue_consumer *c, int which, void *out, uint64_t *data_out, uint32_t max);
+long ue_poll_into(struct ue_consumer *c, int64_t timeout_ns);
+long ue_poll_pairs(struct ue_consumer *c, int64_t timeout_ns);
 
 struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t index_len,
                           uint32_t max_items, int protocol, int *err);

@@ -27,12 +27,13 @@ class BackendStatus:
 
 
 def kernel_userpoll_syscall() -> tuple[int | None, str]:
-    """Return ``(number, "")`` if the running kernel has our EPOLL_USERPOLL, else ``(None, why)``."""
+    """``(number, "")`` if the running kernel has our EPOLL_USERPOLL, else ``(None, why)``."""
     try:
         with open(abi.USERPOLL_SYSCTL) as f:
             text = f.read().strip()
     except FileNotFoundError:
-        return None, f"kernel {os.uname().release} has no EPOLL_USERPOLL ({abi.USERPOLL_SYSCTL} missing)"
+        release = os.uname().release
+        return None, f"kernel {release} has no EPOLL_USERPOLL ({abi.USERPOLL_SYSCTL} missing)"
     except OSError as exc:
         return None, f"cannot read {abi.USERPOLL_SYSCTL}: {exc.strerror}"
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import select
 
-from .._native_lib import lib, os_error
+from .._native_lib import ffi, lib, os_error
 from .base import Backend
 
 
@@ -16,6 +16,10 @@ class EpollBackend(Backend):
     def __init__(self, *, cloexec: bool = True, epfd: int | None = None) -> None:
         self.ep = select.epoll() if epfd is None else select.epoll.fromfd(epfd)
         self.epfd = self.ep.fileno()
+        # The same consumer struct as the ring backends, in "no ring" mode: poll_into then
+        # runs epoll_wait straight into the caller's buffer through the same entry point.
+        self.consumer = ffi.new("struct ue_consumer *")
+        lib.ue_consumer_init_epoll(self.consumer, self.epfd)
 
     def fileno(self) -> int:
         return self.epfd

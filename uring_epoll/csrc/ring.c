@@ -113,6 +113,23 @@ int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, voi
 	return 0;
 }
 
+int ue_consumer_init_epoll(struct ue_consumer *c, int epfd)
+{
+	memset(c, 0, sizeof(*c));
+	c->mode = UE_WAIT_EPOLL;
+	c->epfd = epfd;
+	return 0;
+}
+
+void ue_bind(struct ue_consumer *c, int which, void *out, uint64_t *data_out, uint32_t max)
+{
+	struct ue_binding *b = which ? &c->pairs : &c->into;
+
+	b->out = out;
+	b->data_out = data_out;
+	b->max = max;
+}
+
 static inline void put_event(char *out, uint64_t *data_out, uint32_t i, uint32_t events,
 			     uint64_t data)
 {
@@ -229,10 +246,24 @@ long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t max
 {
 	long ret;
 
+	/* Empty ring: no need to take the consumer lock (drain_locked re-reads both). */
+	if (__atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED) ==
+	    __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_RELAXED))
+		return 0;
 	consumer_lock(c);
 	ret = drain_locked(c, out, data_out, maxevents);
 	consumer_unlock(c);
 	return ret;
+}
+
+long ue_poll_into(struct ue_consumer *c, int64_t timeout_ns)
+{
+	return ue_poll(c, c->into.out, c->into.data_out, c->into.max, timeout_ns);
+}
+
+long ue_poll_pairs(struct ue_consumer *c, int64_t timeout_ns)
+{
+	return ue_poll(c, c->pairs.out, c->pairs.data_out, c->pairs.max, timeout_ns);
 }
 
 static int ring_empty(struct ue_consumer *c)
@@ -256,6 +287,15 @@ long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxe
 {
 	uint64_t deadline = 0, now;
 	long n;
+
+	if (c->mode == UE_WAIT_EPOLL) {
+		/* The baseline backend: no ring, epoll_wait writes the packed events itself. */
+		if (data_out)
+			return -EINVAL;
+		return ue_sys_epoll_wait_ns(c->epfd, out, (int)maxevents, timeout_ns);
+	}
+	if (!maxevents)
+		return -EINVAL;
 
 	if (timeout_ns > 0)
 		deadline = now_ns() + (uint64_t)timeout_ns;

@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 4
+#define UE_NATIVE_VERSION 5
 
 #define UE_USERPOLL_MAGIC 0xeb01eb01u
 #define UE_HEADER_SIZE 128u
@@ -50,6 +50,17 @@ struct ue_ring {
 enum ue_wait_mode {
 	UE_WAIT_KERNEL = 1, /* epoll_wait(epfd, NULL, 0, ms) on a userpoll epfd */
 	UE_WAIT_FUTEX = 2,  /* futex on the emulator's tail word */
+	UE_WAIT_EPOLL = 3,  /* no ring: plain epoll_wait into the bound buffer */
+};
+
+/*
+ * A destination bound once and reused by every call: each argument of a cffi call costs
+ * tens of nanoseconds, so the per-call entry points take only the consumer and a timeout.
+ */
+struct ue_binding {
+	void *out;	   /* packed epoll_event array, or u32 events array if data_out */
+	uint64_t *data_out; /* NULL: packed layout */
+	uint32_t max;
 };
 
 struct ue_stats {
@@ -75,6 +86,8 @@ struct ue_consumer {
 	uint32_t bad_value;
 	uint32_t bad_kind; /* 1: slot out of range, 2: tail - head larger than the ring */
 	volatile int lock; /* one consumer at a time; protects head */
+	struct ue_binding into;	 /* poll_into's buffer */
+	struct ue_binding pairs; /* poll()'s split arrays */
 };
 
 /* Ring geometry checks and consumer */

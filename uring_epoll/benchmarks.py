@@ -1,0 +1,434 @@
+"""``uring-epoll bench``: the ring against ``select.epoll`` in the same run.
+
+Two scenarios, each printing both sides and their ratio:
+
+- ``drain``: the cost of taking ready events, at batch sizes 1..1024. The ring side is filled
+  by the userspace producer (``inject``, outside the timed region) and drained with
+  ``poll_into`` and ``poll``; the stdlib side polls level-triggered eventfds that stay ready,
+  so each of its calls returns a full batch with no refilling.
+- ``sustained``: C producer threads write eventfds as fast as they can; a Python consumer
+  loop takes the events (edge-triggered, no reads needed: every eventfd write is a new edge).
+  Reported: events/s and the consumer thread's CPU time per event.
+
+Figures are medians over repeats with the spread (min..max) beside them; these machines are
+noisy. Only ratios taken in the same run mean anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import select
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__, abi, probe
+from ._epoll import epoll
+from ._native_lib import ffi, lib, os_error
+
+
+@dataclass
+class Measurement:
+    """One figure: median and spread over repeats."""
+
+    name: str
+    unit: str
+    median: float
+    low: float
+    high: float
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """The ring against its baseline, measured in the same run."""
+
+    scenario: str
+    label: str
+    ring: Measurement
+    baseline: Measurement
+    #: baseline / ring for costs (ns), ring / baseline for rates: > 1 means the ring wins
+    ratio: float
+
+
+class Progress:
+    """A one-line progress report on stderr, rate-limited, for anything over a second."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self.last = 0.0
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self.last > 0.5:
+            self.last = now
+            sys.stderr.write(f"\r\x1b[K  {message}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _summary(name: str, unit: str, samples: list[float]) -> Measurement:
+    return Measurement(name, unit, statistics.median(samples), min(samples), max(samples), samples)
+
+
+@contextmanager
+def eventfds(count: int) -> Iterator[list[int]]:
+    """*count* non-blocking eventfds, closed afterwards."""
+    _raise_nofile(count + 64)
+    fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+
+
+def _clock_overhead_ns() -> float:
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(2000):
+        t0 = clock()
+        t1 = clock()
+        samples.append(t1 - t0)
+    return float(statistics.median(samples))
+
+
+# ---- drain scenario --------------------------------------------------------------------------
+
+
+def _ring_drain_ns(
+    ep: epoll, fds: list[int], batch: int, calls: int, use_tuples: bool, overhead: float
+) -> list[float]:
+    """ns per event for draining *batch* ready entries, one timed call per refill."""
+    backend = ep._backend
+    buffer = np.zeros(batch, abi.EVENT_DTYPE)
+    clock = time.perf_counter_ns
+    samples = []
+    ready = fds[:batch]
+    for _ in range(calls):
+        for fd in ready:
+            backend.inject(fd, select.EPOLLIN)
+        if use_tuples:
+            t0 = clock()
+            got = len(ep.poll(0, batch))
+            t1 = clock()
+        else:
+            t0 = clock()
+            got = ep.poll_into(buffer, 0)
+            t1 = clock()
+        if got != batch:
+            raise RuntimeError(f"ring drain returned {got} events, expected {batch}")
+        samples.append(max(t1 - t0 - overhead, 0.0) / batch)
+    return samples
+
+
+def _stdlib_poll_ns(fds: list[int], batch: int, calls: int, overhead: float) -> list[float]:
+    ep = select.epoll()
+    try:
+        for fd in fds[:batch]:
+            os.eventfd_write(fd, 1)
+            ep.register(fd, select.EPOLLIN)  # level-triggered: stays ready, no refill needed
+        clock = time.perf_counter_ns
+        samples = []
+        poll = ep.poll
+        for _ in range(calls):
+            t0 = clock()
+            got = len(poll(0, batch))
+            t1 = clock()
+            if got != batch:
+                raise RuntimeError(f"select.epoll returned {got} events, expected {batch}")
+            samples.append(max(t1 - t0 - overhead, 0.0) / batch)
+        return samples
+    finally:
+        ep.close()
+        for fd in fds[:batch]:
+            with suppress(BlockingIOError):
+                os.eventfd_read(fd)
+
+
+def scenario_drain(
+    batches: tuple[int, ...], calls: int, repeats: int, progress: Progress
+) -> list[Comparison]:
+    """poll_into / poll on the ring against select.epoll.poll, per batch size."""
+    results = []
+    overhead = _clock_overhead_ns()
+    with eventfds(max(batches)) as fds:
+        ep = epoll(backend="thread", max_items=max(max(batches), 1))
+        try:
+            for fd in fds:
+                ep.register(fd, select.EPOLLIN | select.EPOLLET)
+            for batch in batches:
+                n_calls = max(20, calls // max(1, batch // 16))
+                rows: dict[str, list[float]] = {"into": [], "tuples": [], "stdlib": []}
+                for rep in range(repeats):
+                    progress(f"drain: batch {batch}, repeat {rep + 1}/{repeats}")
+                    rows["into"].append(
+                        statistics.median(_ring_drain_ns(ep, fds, batch, n_calls, False, overhead))
+                    )
+                    rows["tuples"].append(
+                        statistics.median(_ring_drain_ns(ep, fds, batch, n_calls, True, overhead))
+                    )
+                    rows["stdlib"].append(
+                        statistics.median(_stdlib_poll_ns(fds, batch, n_calls, overhead))
+                    )
+                base = _summary("select.epoll.poll", "ns/event", rows["stdlib"])
+                for key, label in (("into", "poll_into"), ("tuples", "poll")):
+                    ring = _summary(f"ring {label}", "ns/event", rows[key])
+                    results.append(
+                        Comparison(
+                            "drain",
+                            f"{label}, batch {batch}",
+                            ring,
+                            base,
+                            base.median / ring.median if ring.median else float("inf"),
+                        )
+                    )
+        finally:
+            ep.close()
+    return results
+
+
+# ---- sustained scenario ----------------------------------------------------------------------
+
+
+def _consume_for(
+    poll_batch: Callable[[], int], producers: Any, seconds: float, progress: Progress, label: str
+) -> tuple[int, float, float]:
+    """Run the consumer loop for *seconds*; return (events, wall s, consumer CPU s)."""
+    events = 0
+    start = time.perf_counter()
+    cpu0 = time.thread_time()
+    deadline = start + seconds
+    next_check = 0
+    while True:
+        events += poll_batch()
+        next_check += 1
+        if next_check >= 64:
+            next_check = 0
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            progress(f"sustained {label}: {events / (now - start) / 1e6:.2f} M events/s")
+    cpu = time.thread_time() - cpu0
+    wall = time.perf_counter() - start
+    return events, wall, cpu
+
+
+@contextmanager
+def c_producers(fds: list[int], threads: int, value: int = 1) -> Iterator[Any]:
+    """C threads writing *value* to the fds round-robin until the block ends."""
+    array = np.array(fds, dtype=np.int32)
+    err = ffi.new("int *")
+    group = lib.ue_producers_start(
+        ffi.cast("int *", ffi.from_buffer(array)), len(fds), threads, 0, value, 0, err
+    )
+    if group == ffi.NULL:
+        raise os_error(err[0], "starting producer threads")
+    written = ffi.new("uint64_t *")
+    try:
+        yield written
+    finally:
+        lib.ue_producers_stop(group)
+        ret = lib.ue_producers_join(group, written)
+        _ = array  # the threads read it until joined
+        if ret < 0:
+            raise os_error(ret, "producer thread")
+
+
+def _sustained_one(
+    backend: str, nfds: int, threads: int, seconds: float, progress: Progress, spin_us: float
+) -> tuple[float, float]:
+    """(events/s, consumer CPU ns/event) for one backend; backend 'stdlib' is select.epoll."""
+    with eventfds(nfds) as fds:
+        buffer = np.zeros(1024, abi.EVENT_DTYPE)
+        if backend == "stdlib":
+            ep: Any = select.epoll()
+            for fd in fds:
+                ep.register(fd, select.EPOLLIN | select.EPOLLET)
+            poll = ep.poll
+
+            def poll_batch() -> int:
+                return len(poll(0.05, 1024))
+        else:
+            ep = epoll(backend=backend, max_items=max(nfds, 1), spin_us=spin_us)
+            for fd in fds:
+                ep.register(fd, select.EPOLLIN | select.EPOLLET)
+            poll_into = ep.poll_into
+
+            def poll_batch() -> int:
+                return poll_into(buffer, 0.05)
+
+        try:
+            with c_producers(fds, threads):
+                events, wall, cpu = _consume_for(poll_batch, None, seconds, progress, backend)
+        finally:
+            ep.close()
+    if not events:
+        raise RuntimeError(f"no events consumed on {backend}")
+    return events / wall, cpu * 1e9 / events
+
+
+def scenario_sustained(
+    backends: list[str], nfds: int, threads: int, seconds: float, repeats: int,
+    progress: Progress, spin_us: float = 50.0,
+) -> list[Comparison]:
+    """C producers feeding a Python consumer: events/s and consumer CPU/event per backend."""
+    results = []
+    base_rate: list[float] = []
+    base_cpu: list[float] = []
+    rates: dict[str, list[float]] = {b: [] for b in backends}
+    cpus: dict[str, list[float]] = {b: [] for b in backends}
+    for rep in range(repeats):
+        # Interleave the sides so drift on a noisy machine hits both alike.
+        progress(f"sustained: select.epoll, repeat {rep + 1}/{repeats}", force=True)
+        rate, cpu = _sustained_one("stdlib", nfds, threads, seconds, progress, 0)
+        base_rate.append(rate)
+        base_cpu.append(cpu)
+        for b in backends:
+            progress(f"sustained: {b}, repeat {rep + 1}/{repeats}", force=True)
+            rate, cpu = _sustained_one(b, nfds, threads, seconds, progress, spin_us)
+            rates[b].append(rate)
+            cpus[b].append(cpu)
+    base_r = _summary("select.epoll.poll", "events/s", base_rate)
+    base_c = _summary("select.epoll.poll", "CPU ns/event", base_cpu)
+    for b in backends:
+        ring_r = _summary(f"{b} poll_into", "events/s", rates[b])
+        ring_c = _summary(f"{b} poll_into", "CPU ns/event", cpus[b])
+        results.append(Comparison("sustained", f"{b}: events/s", ring_r, base_r,
+                                  ring_r.median / base_r.median))
+        results.append(Comparison("sustained", f"{b}: consumer CPU/event", ring_c, base_c,
+                                  base_c.median / ring_c.median if ring_c.median else 0.0))
+    return results
+
+
+# ---- running and reporting -------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """The machine, kernel and versions the figures were taken on."""
+    uname = os.uname()
+    return {
+        "machine": uname.machine,
+        "cpus": os.cpu_count(),
+        "kernel": f"{uname.sysname} {uname.release}",
+        "user_mode_linux": "um" in uname.machine or _is_uml(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "uring_epoll": __version__,
+        "backends": probe.available_backends(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _is_uml() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "User Mode Linux" in f.read()
+    except OSError:
+        return False
+
+
+def run(
+    scenarios: list[str], *, quick: bool = False, backends: list[str] | None = None,
+    progress: Progress | None = None, threads: int = 1,
+) -> dict[str, Any]:
+    """Run the scenarios; returns a JSON-ready dict with the environment and comparisons."""
+    progress = progress or Progress()
+    ring_backends = backends or [b for b in probe.available_backends() if b != "epoll"]
+    results: list[Comparison] = []
+    if "drain" in scenarios:
+        batches = (1, 16, 256, 1024) if not quick else (1, 256)
+        results += scenario_drain(batches, 40 if quick else 400, 2 if quick else 5, progress)
+    if "sustained" in scenarios:
+        results += scenario_sustained(
+            ring_backends, nfds=64, threads=threads, seconds=0.3 if quick else 2.0,
+            repeats=1 if quick else 3, progress=progress,
+        )
+    progress.done()
+    return {"environment": environment(), "results": [asdict(r) for r in results]}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The results as an aligned text table, ring beside baseline with the ratio."""
+    env = report["environment"]
+    lines = [
+        f"uring-epoll {env['uring_epoll']} on {env['kernel']} ({env['machine']}, "
+        f"{env['cpus']} CPUs), Python {env['python']}",
+    ]
+    if env.get("user_mode_linux"):
+        lines.append(
+            "User-Mode Linux figures: system calls cost ~60x more here; only ratios inside "
+            "this run mean anything."
+        )
+    header = f"{'scenario':<10} {'what':<34} {'ring':>14} {'baseline':>14} {'unit':<13} ratio"
+    lines += [header, "-" * len(header)]
+    for r in report["results"]:
+        ring, base = r["ring"], r["baseline"]
+        lines.append(
+            f"{r['scenario']:<10} {r['label']:<34} {_fmt(ring['median']):>14} "
+            f"{_fmt(base['median']):>14} {ring['unit']:<13} {r['ratio']:.2f}x"
+        )
+    lines.append(
+        "ratio > 1: the ring wins (baseline cost / ring cost, or ring rate / baseline rate); "
+        "baseline: select.epoll.poll in the same run."
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.1f}"
+
+
+def main(args: Any) -> int:
+    """Entry point of ``uring-epoll bench``."""
+    scenarios = args.scenario or ["drain", "sustained"]
+    report = run(scenarios, quick=args.quick, backends=args.backend or None,
+                 progress=Progress(not args.json), threads=args.producers)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(report))
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Add the ``bench`` subcommand."""
+    p = subparsers.add_parser("bench", help="benchmark the ring against select.epoll")
+    p.add_argument("--scenario", action="append", choices=["drain", "sustained"],
+                   help="run only this scenario (repeatable; default: all)")
+    p.add_argument("--backend", action="append", choices=["kernel", "thread"],
+                   help="ring backend(s) for the sustained scenario (default: all available)")
+    p.add_argument("--producers", type=int, default=1, help="C producer threads (default 1)")
+    p.add_argument("--quick", action="store_true", help="short run (smoke test)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=main)
+
+
+_ = threading  # the consumer runs on the calling thread; producers are C threads

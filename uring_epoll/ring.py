@@ -1,0 +1,73 @@
+"""Drain any EPOLL_USERPOLL ring held in memory you provide: for study and for tests.
+
+``Ring`` attaches the same C consumer the backends use to two writable buffers (header +
+items, index), after validating the header, and drains them with :meth:`Ring.drain`. Build a
+ring by hand with :func:`new_ring_buffers` and the numpy views, and watch what the consumer
+does with wrapped, stale or corrupt indices.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import numpy as np
+
+from . import abi
+from ._native_lib import NULL, lib
+from .backends.base import RingBackend, anonymous_shared
+
+
+def new_ring_buffers(max_items: int) -> tuple[Any, Any]:
+    """Zeroed header + items and index buffers for *max_items*, header fields filled in."""
+    if not 1 <= max_items <= abi.MAX_ITEMS_LIMIT:
+        raise ValueError(f"max_items must be in 1..{abi.MAX_ITEMS_LIMIT}")
+    header = anonymous_shared(abi.header_length(max_items))
+    index = anonymous_shared(abi.index_length(max_items))
+    h = np.ndarray((), abi.HEADER_DTYPE, buffer=header)
+    h["magic"] = abi.USERPOLL_MAGIC
+    h["header_length"] = len(header)
+    h["index_length"] = len(index)
+    h["max_items_nr"] = max_items
+    return header, index
+
+
+class Ring(RingBackend):
+    """A consumer over caller-provided ring memory (no producer, no waiting)."""
+
+    name = "memory"
+
+    def __init__(self, header: Any, index: Any, protocol: int = abi.PROTOCOL_V5) -> None:
+        super().__init__()
+        if protocol not in abi.PROTOCOLS:
+            raise ValueError(f"protocol must be 5 or 3, got {protocol!r}")
+        self._attach(header, index, protocol, lib.UE_WAIT_KERNEL, -1, None, 0)
+
+    @property
+    def writable_header(self) -> np.ndarray:
+        """Writable view of the header, to play producer."""
+        return np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+
+    @property
+    def writable_items(self) -> np.ndarray:
+        return np.ndarray(
+            (self.max_items,), abi.ITEM_DTYPE, buffer=self._header_map, offset=abi.HEADER_SIZE
+        )
+
+    @property
+    def writable_index(self) -> np.ndarray:
+        return np.ndarray((len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map)
+
+    def drain(self, out: np.ndarray) -> int:
+        """Drain into *out* (1-d array of EVENT_DTYPE); OSError(EBADMSG) on a corrupt ring."""
+        if out.dtype != abi.EVENT_DTYPE or out.ndim != 1 or not out.flags.c_contiguous:
+            raise TypeError("out must be a 1-d C-contiguous array of EVENT_DTYPE")
+        from ._native_lib import ffi
+
+        n = lib.ue_drain(self.consumer, ffi.from_buffer(out), NULL, len(out))
+        if n == -errno.EBADMSG:
+            raise self.corrupt_error()
+        return n
+
+    def close(self) -> None:
+        self._release_maps()
