@@ -24,6 +24,7 @@ import errno
 import math
 import os
 import select
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ class epoll:
         elif not isinstance(max_items, int) or not 1 <= max_items <= abi.MAX_ITEMS_LIMIT:
             raise ValueError(f"max_items must be in 1..{abi.MAX_ITEMS_LIMIT}, got {max_items!r}")
         self._closed = True  # until fully built, so __del__/close are harmless
+        self._in_fork_child = False
         if _backend_object is None:
             name = probe.resolve_backend(backend)
             _backend_object = backends.create(
@@ -163,19 +165,14 @@ class epoll:
         self._lt: dict[int, tuple[int, int]] = {}  # level-triggered ring registrations
         self._rearm: list[int] = []
         self._rearms = 0
-        # Reusable result buffers for poll(): split layout, so tolist() builds the tuples.
-        self._tuple_data = np.zeros(_FD_SETSIZE, np.uint64)
-        self._tuple_events = np.zeros(_FD_SETSIZE, np.uint32)
-        self._keep = (ffi.from_buffer(self._tuple_data), ffi.from_buffer(self._tuple_events))
-        self._mv_data = memoryview(self._tuple_data)
-        self._mv_events = memoryview(self._tuple_events)
         self._consumer = _backend_object.consumer
-        self._pairs_key: Any = None  # the maxevents argument the fast path is bound for
-        self._pairs_bound = 0
-        self._into_buf: np.ndarray | None = None
-        self._into_keep: Any = None
-        self._poll_into_fn = lib.ue_poll_into
-        self._poll_pairs_fn = lib.ue_poll_pairs
+        self._poll_bound = lib.ue_poll_bound
+        # poll_into: (buffer, binding) of the last buffer seen; poll(): the maxevents argument
+        # and binding of its reusable arrays, used by one thread at a time (the lock).
+        self._into_cache: tuple[Any, Any] = (None, None)
+        self._pairs_key: Any = None
+        self._pairs_binding: Any = None
+        self._pairs_lock = threading.Lock()
         # poll() and poll_into() take their fast path unless these are set: closed object,
         # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
         self._slow = self._into_slow = False
@@ -222,7 +219,8 @@ class epoll:
             return
         self._closed = True
         self._update_paths()
-        self._into_buf = self._into_keep = None
+        self._into_cache = (None, None)
+        self._pairs_key = self._pairs_binding = None
         self._consumer = None
         self._finalizer()
         _live.discard(self)
@@ -257,35 +255,55 @@ class epoll:
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
         """Wait for events, as ``select.epoll.poll``: a list of ``(fd, events)``."""
-        if maxevents != self._pairs_key or self._slow:
+        if maxevents != self._pairs_key or self._slow or not self._pairs_lock.acquire(False):
             return self._poll_slow(timeout, maxevents)
-        return self._pairs(timeout)
+        try:
+            return self._pairs(self._pairs_binding, timeout)
+        finally:
+            self._pairs_lock.release()
 
-    def _pairs(self, timeout: Any) -> list[tuple[int, int]]:
-        """One drain into the split arrays, turned into (fd, events) tuples."""
+    def _pairs(self, binding: tuple[Any, ...], timeout: Any) -> list[tuple[int, int]]:
+        """One drain into a binding's split arrays, turned into (fd, events) tuples."""
         tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
-        n = self._poll_pairs_fn(self._consumer, tns)
+        n = self._poll_bound(binding[0], tns)
         if n <= 0:
             if n == 0:
                 return []
-            n = self._poll_error(n, timeout, self._poll_pairs_fn)
+            n = self._poll_error(n, timeout, binding[0])
             if n == 0:
                 return []
+        mv_data, mv_events = binding[1], binding[2]
         if n == 1:
-            data = self._mv_data[0]
+            data = mv_data[0]
             if self._fd_of_data:
                 data = self._fd_of_data.get(data, data)
-            return [(data, self._mv_events[0])]
-        fds = self._mv_data[:n].tolist()
+            return [(data, mv_events[0])]
+        fds = mv_data[:n].tolist()
         if self._fd_of_data:
             get = self._fd_of_data.get
             fds = [get(d, d) for d in fds]
-        return list(zip(fds, self._mv_events[:n].tolist(), strict=True))
+        return list(zip(fds, mv_events[:n].tolist(), strict=True))
+
+    def _pairs_binding_for(self, count: int) -> tuple[Any, ...]:
+        """Split result arrays for *count* events and their C binding (with what it uses)."""
+        data = np.zeros(count, np.uint64)
+        events = np.zeros(count, np.uint32)
+        data_ptr, events_ptr = ffi.from_buffer(data), ffi.from_buffer(events)
+        memory = self._backend.memory
+        binding = ffi.new(
+            "struct ue_binding *",
+            {
+                "consumer": memory[0],
+                "out": events_ptr,
+                "data_out": ffi.cast("uint64_t *", data_ptr),
+                "max": count,
+            },
+        )
+        return (binding, memoryview(data), memoryview(events), data_ptr, events_ptr, memory)
 
     def _poll_slow(self, timeout: Any, maxevents: int) -> list[tuple[int, int]]:
         """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""
-        if self._closed:
-            raise ValueError("I/O operation on closed epoll object")
+        self._check_open()
         if not isinstance(maxevents, int):
             raise TypeError("maxevents must be an integer")
         if maxevents != -1 and maxevents <= 0:
@@ -294,14 +312,19 @@ class epoll:
             return self._stdlib.poll(timeout, maxevents)
         if self._rearm:
             self._do_rearm()
-        # More than the reusable arrays hold simply stays in the ring for the next call.
-        bound = _FD_SETSIZE - 1 if maxevents == -1 else min(maxevents, _FD_SETSIZE)
-        if bound != self._pairs_bound:
-            data_ptr, events_ptr = self._keep
-            lib.ue_bind(self._consumer, 1, events_ptr, ffi.cast("uint64_t *", data_ptr), bound)
-            self._pairs_bound = bound
-        self._pairs_key = maxevents
-        result = self._pairs(timeout)
+        # More than one call's arrays hold simply stays in the ring for the next call.
+        count = _FD_SETSIZE - 1 if maxevents == -1 else min(maxevents, _FD_SETSIZE)
+        if self._pairs_lock.acquire(False):
+            try:
+                if self._pairs_key != maxevents:
+                    self._pairs_binding = self._pairs_binding_for(count)
+                    self._pairs_key = maxevents
+                result = self._pairs(self._pairs_binding, timeout)
+            finally:
+                self._pairs_lock.release()
+        else:
+            # Another thread is polling with the shared arrays: use arrays of our own.
+            result = self._pairs(self._pairs_binding_for(count), timeout)
         if self._lt:
             self._note_lt([fd for fd, _ in result])
         self._update_paths()
@@ -315,24 +338,26 @@ class epoll:
         One C call, no allocation: the ring is drained straight into the buffer (``data`` is
         the registration's 64-bit data, the fd by default).
         """
-        if buffer is not self._into_buf or self._into_slow:
+        cache = self._into_cache
+        if buffer is not cache[0] or self._into_slow:
             return self._poll_into_slow(buffer, timeout)
         tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
-        n = self._poll_into_fn(self._consumer, tns)
+        n = self._poll_bound(cache[1][0], tns)
         if n < 0:
-            return self._poll_error(n, timeout, self._poll_into_fn)
+            return self._poll_error(n, timeout, cache[1][0])
         return n
 
     def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
         self._check_open()
-        if buffer is not self._into_buf:
-            self._bind_into(buffer)
+        cache = self._into_cache
+        if buffer is not cache[0]:
+            cache = self._into_cache = (buffer, self._into_binding_for(buffer))
         if self._rearm:
             self._do_rearm()
-        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
-        n = self._poll_into_fn(self._consumer, tns)
+        tns = -1 if timeout is None else _timeout_ns(timeout)
+        n = self._poll_bound(cache[1][0], tns)
         if n < 0:
-            n = self._poll_error(n, timeout, self._poll_into_fn)
+            n = self._poll_error(n, timeout, cache[1][0])
         if self._lt and n:
             data = buffer["data"][:n].tolist()
             if self._fd_of_data:
@@ -340,6 +365,24 @@ class epoll:
                 data = [get(d, d) for d in data]
             self._note_lt(data)
         return n
+
+    def _into_binding_for(self, buffer: np.ndarray) -> tuple[Any, ...]:
+        if not isinstance(buffer, np.ndarray):
+            raise TypeError("buffer must be a numpy array of uring_epoll.EVENT_DTYPE")
+        if buffer.dtype != abi.EVENT_DTYPE:
+            raise TypeError(f"buffer dtype must be uring_epoll.EVENT_DTYPE, not {buffer.dtype}")
+        if buffer.ndim != 1 or not buffer.flags.c_contiguous or not buffer.flags.writeable:
+            raise ValueError("buffer must be a 1-d, C-contiguous, writeable array")
+        if len(buffer) == 0:
+            raise ValueError("buffer must hold at least one event")
+        ptr = ffi.from_buffer(buffer)
+        memory = self._backend.memory
+        binding = ffi.new(
+            "struct ue_binding *",
+            {"consumer": memory[0], "out": ptr, "data_out": ffi.NULL,
+             "max": min(len(buffer), 2**31 - 1)},
+        )
+        return (binding, ptr, memory)
 
     @property
     def header(self) -> np.ndarray | None:
@@ -383,17 +426,21 @@ class epoll:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._in_fork_child:
+                _forked_poll()
             raise ValueError("I/O operation on closed epoll object")
 
     def _forked(self) -> None:
         """In a fork child: this object belongs to the parent; fail clearly from now on."""
         self._finalizer.detach()
+        self._in_fork_child = True
         self._backend.after_fork_in_child()
         self._closed = True
         self._update_paths()
         self._consumer = None
-        self._poll_into_fn = self._poll_pairs_fn = _forked_poll
-        self._into_buf = self._into_keep = None
+        self._poll_bound = _forked_poll
+        self._into_cache = (None, None)
+        self._pairs_key = self._pairs_binding = None
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
         self._check_open()
@@ -454,21 +501,7 @@ class epoll:
                 if exc.errno not in (errno.ENOENT, errno.EBADF):
                     raise
 
-    def _bind_into(self, buffer: np.ndarray) -> None:
-        self._check_open()
-        if not isinstance(buffer, np.ndarray):
-            raise TypeError("buffer must be a numpy array of uring_epoll.EVENT_DTYPE")
-        if buffer.dtype != abi.EVENT_DTYPE:
-            raise TypeError(f"buffer dtype must be uring_epoll.EVENT_DTYPE, not {buffer.dtype}")
-        if buffer.ndim != 1 or not buffer.flags.c_contiguous or not buffer.flags.writeable:
-            raise ValueError("buffer must be a 1-d, C-contiguous, writeable array")
-        if len(buffer) == 0:
-            raise ValueError("buffer must hold at least one event")
-        self._into_keep = ffi.from_buffer(buffer)
-        lib.ue_bind(self._consumer, 0, self._into_keep, ffi.NULL, min(len(buffer), 2**31 - 1))
-        self._into_buf = buffer
-
-    def _poll_error(self, n: int, timeout: Any, poll_fn: Any) -> int:
+    def _poll_error(self, n: int, timeout: Any, binding: Any) -> int:
         """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption."""
         deadline = None
         tns = -1 if timeout is None else _timeout_ns(timeout)
@@ -477,13 +510,13 @@ class epoll:
         while n == -errno.EINTR:
             # Coming back to the interpreter ran the signal handlers; an exception from one
             # propagates from here. Otherwise retry with what is left of the timeout.
-            if self._closed:
-                raise ValueError("I/O operation on closed epoll object")
             if deadline is not None:
                 tns = max(0, deadline - time.monotonic_ns())
-            n = poll_fn(self._consumer, tns)
+            n = self._poll_bound(binding, tns)
         if n >= 0:
             return n
+        if n == -errno.EBADF and self._closed:
+            raise ValueError("I/O operation on closed epoll object")
         if n == -errno.EBADMSG and self._ring:
             raise self._backend.corrupt_error()
         raise os_error(n)

@@ -27,6 +27,12 @@ struct ue_consumer {
 };
 struct ue_emu;
 struct ue_producers;
+struct ue_binding {
+    struct ue_consumer *consumer;
+    void *out;
+    uint64_t *data_out;
+    uint32_t max;
+};
 
 #define UE_NATIVE_VERSION ...
 #define UE_WAIT_KERNEL ...
@@ -40,9 +46,9 @@ long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t max
 long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
              int64_t timeout_ns);
 int ue_consumer_init_epoll(struct ue_consumer *c, int epfd);
-void ue_bind(struct ue_consumer *c, int which, void *out, uint64_t *data_out, uint32_t max);
-long ue_poll_into(struct ue_consumer *c, int64_t timeout_ns);
-long ue_poll_pairs(struct ue_consumer *c, int64_t timeout_ns);
+long ue_poll_bound(const struct ue_binding *b, int64_t timeout_ns);
+void ue_consumer_close(struct ue_consumer *c);
+void ue_consumer_quiesce(struct ue_consumer *c);
 
 struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t index_len,
                           uint32_t max_items, int protocol, int *err);

@@ -214,7 +214,8 @@ def scenario_drain(
 # Edge-triggered eventfds coalesce: several writes before a drain make one event, on either
 # side. The rate reported is events taken by the consumer; the CPU figure is the consumer
 # thread's own CPU time (time.thread_time) per event, which is what the ring is meant to cut.
-# The default spin is 0: on two cores a spinning consumer starves the emulator's poller.------------------------------------------------------------------
+# The default spin is 0: on two cores a spinning consumer starves the emulator's poller.
+# ---------------------------------------------------------------------------------------------
 
 
 def _consume_for(

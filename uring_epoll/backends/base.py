@@ -45,6 +45,7 @@ class RingBackend(Backend):
         self._index_map: Any = None
         self._keepalive: list[Any] = []
         self.consumer: Any = None
+        self.memory: Any = None
         self.protocol = abi.PROTOCOL_V5
         self.max_items = 0
 
@@ -82,6 +83,9 @@ class RingBackend(Backend):
         self._index_map = index_map
         self._keepalive = [header_ptr, index_ptr]
         self.consumer = consumer
+        # Everything the C consumer points into. A poll in flight on another thread holds
+        # this tuple, so close() dropping our references can never free memory under it.
+        self.memory = (consumer, header_map, index_map, header_ptr, index_ptr)
         self.protocol = protocol
         self.max_items = int(np.frombuffer(header_map, "<u4", count=4)[3])
 
@@ -137,7 +141,10 @@ class RingBackend(Backend):
     def _release_maps(self) -> None:
         # The C side must stop using the memory before these go; numpy views the user still
         # holds keep the mappings alive, so dropping our references is always safe.
+        if self.consumer is not None:
+            lib.ue_consumer_close(self.consumer)
         self.consumer = None
+        self.memory = None
         self._keepalive = []
         self._header_map = None
         self._index_map = None

@@ -20,6 +20,7 @@ class EpollBackend(Backend):
         # runs epoll_wait straight into the caller's buffer through the same entry point.
         self.consumer = ffi.new("struct ue_consumer *")
         lib.ue_consumer_init_epoll(self.consumer, self.epfd)
+        self.memory = (self.consumer,)
 
     def fileno(self) -> int:
         return self.epfd
@@ -30,4 +31,5 @@ class EpollBackend(Backend):
             raise os_error(ret)
 
     def close(self) -> None:
+        lib.ue_consumer_close(self.consumer)
         self.ep.close()

@@ -70,7 +70,11 @@ class ThreadBackend(RingBackend):
 
     def close(self) -> None:
         if self.emu is not None:
-            # Joins the poller thread before the memory it writes can go away.
+            # Stop new polls, join the poller thread, wait for polls still running on other
+            # threads to leave, and only then free the producer.
+            lib.ue_consumer_close(self.consumer)
+            lib.ue_emu_stop(self.emu)
+            lib.ue_consumer_quiesce(self.consumer)
             lib.ue_emu_free(self.emu)
             self.emu = None
         self._release_maps()

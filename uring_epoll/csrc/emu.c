@@ -216,9 +216,11 @@ fail:
 	return NULL;
 }
 
-int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns);
+int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
+		 const int *closing);
 
-int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns)
+int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
+		 const int *closing)
 {
 	struct timespec ts, *tsp = NULL;
 	int err;
@@ -235,8 +237,15 @@ int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t t
 		tsp = &ts;
 	}
 	__atomic_fetch_add(&e->waiters, 1, __ATOMIC_RELAXED);
-	/* Pairs with the fence in wake_consumers (Dekker: waiters store vs tail store). */
+	/*
+	 * Pairs with the fence in wake_consumers (Dekker: waiters store vs tail store), and
+	 * with ue_consumer_close (closing store, then wake).
+	 */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (__atomic_load_n(closing, __ATOMIC_RELAXED)) {
+		__atomic_fetch_sub(&e->waiters, 1, __ATOMIC_RELAXED);
+		return -EBADF;
+	}
 	if (__atomic_load_n(tail, __ATOMIC_ACQUIRE) != seen_tail) {
 		__atomic_fetch_sub(&e->waiters, 1, __ATOMIC_RELAXED);
 		return -ESTALE;

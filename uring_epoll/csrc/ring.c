@@ -121,15 +121,6 @@ int ue_consumer_init_epoll(struct ue_consumer *c, int epfd)
 	return 0;
 }
 
-void ue_bind(struct ue_consumer *c, int which, void *out, uint64_t *data_out, uint32_t max)
-{
-	struct ue_binding *b = which ? &c->pairs : &c->into;
-
-	b->out = out;
-	b->data_out = data_out;
-	b->max = max;
-}
-
 static inline void put_event(char *out, uint64_t *data_out, uint32_t i, uint32_t events,
 			     uint64_t data)
 {
@@ -256,14 +247,32 @@ long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t max
 	return ret;
 }
 
-long ue_poll_into(struct ue_consumer *c, int64_t timeout_ns)
+long ue_poll_bound(const struct ue_binding *b, int64_t timeout_ns)
 {
-	return ue_poll(c, c->into.out, c->into.data_out, c->into.max, timeout_ns);
+	return ue_poll(b->consumer, b->out, b->data_out, b->max, timeout_ns);
 }
 
-long ue_poll_pairs(struct ue_consumer *c, int64_t timeout_ns)
+/*
+ * Closing while other threads poll: mark the consumer closed and wake futex sleepers; they
+ * return -EBADF. ue_consumer_quiesce then waits until no thread is left inside ue_poll, after
+ * which the producer (and its memory) can go. A thread asleep in epoll_wait on a kernel
+ * userpoll epfd is not woken (as with select.epoll), but that path touches nothing we free.
+ */
+void ue_consumer_close(struct ue_consumer *c)
 {
-	return ue_poll(c, c->pairs.out, c->pairs.data_out, c->pairs.max, timeout_ns);
+	__atomic_store_n(&c->closing, 1, __ATOMIC_SEQ_CST);
+	if (c->mode == UE_WAIT_FUTEX)
+		syscall(SYS_futex, &c->ring.hdr->tail, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+void ue_consumer_quiesce(struct ue_consumer *c)
+{
+	while (__atomic_load_n(&c->inflight, __ATOMIC_ACQUIRE)) {
+		if (c->mode == UE_WAIT_FUTEX)
+			syscall(SYS_futex, &c->ring.hdr->tail, FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
+				NULL, 0);
+		sched_yield();
+	}
 }
 
 static int ring_empty(struct ue_consumer *c)
@@ -273,7 +282,8 @@ static int ring_empty(struct ue_consumer *c)
 }
 
 /* Futex wait on the emulator's tail word; the emulator's producer side is in emu.c. */
-int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns);
+int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
+		 const int *closing);
 
 /*
  * The reference consumer loop in one call: drain; if empty, spin on tail for spin_ns; then
@@ -282,8 +292,8 @@ int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t
  * is a u32 events array and data_out a u64 data array. Returns the count (0 on timeout) or -errno (-EINTR: the caller handles
  * signals and calls again with what is left of its timeout).
  */
-long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
-	     int64_t timeout_ns)
+static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
+		       int64_t timeout_ns)
 {
 	uint64_t deadline = 0, now;
 	long n;
@@ -300,6 +310,8 @@ long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxe
 	if (timeout_ns > 0)
 		deadline = now_ns() + (uint64_t)timeout_ns;
 	for (;;) {
+		if (__atomic_load_n(&c->closing, __ATOMIC_RELAXED))
+			return -EBADF;
 		n = ue_drain(c, out, data_out, maxevents);
 		if (n != 0)
 			return n;
@@ -357,7 +369,7 @@ long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxe
 				c->stats.estale++;
 				continue;
 			}
-			ret = ue__emu_wait(c->emu, &c->ring.hdr->tail, tail, left);
+			ret = ue__emu_wait(c->emu, &c->ring.hdr->tail, tail, left, &c->closing);
 			if (ret == -ESTALE) {
 				c->stats.estale++;
 				continue;
@@ -368,4 +380,16 @@ long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxe
 				return 0;
 		}
 	}
+}
+
+long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
+	     int64_t timeout_ns)
+{
+	long ret;
+
+	/* Counted so that close can wait for us before the producer's memory goes. */
+	__atomic_fetch_add(&c->inflight, 1, __ATOMIC_SEQ_CST);
+	ret = poll_inner(c, out, data_out, maxevents, timeout_ns);
+	__atomic_fetch_sub(&c->inflight, 1, __ATOMIC_RELEASE);
+	return ret;
 }

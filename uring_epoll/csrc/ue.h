@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 5
+#define UE_NATIVE_VERSION 6
 
 #define UE_USERPOLL_MAGIC 0xeb01eb01u
 #define UE_HEADER_SIZE 128u
@@ -53,12 +53,17 @@ enum ue_wait_mode {
 	UE_WAIT_EPOLL = 3,  /* no ring: plain epoll_wait into the bound buffer */
 };
 
+struct ue_consumer;
+
 /*
  * A destination bound once and reused by every call: each argument of a cffi call costs
- * tens of nanoseconds, so the per-call entry points take only the consumer and a timeout.
+ * tens of nanoseconds, so the per-call entry point takes only a binding and a timeout.
+ * Bindings are immutable once made, so threads polling with their own buffers never share
+ * one.
  */
 struct ue_binding {
-	void *out;	   /* packed epoll_event array, or u32 events array if data_out */
+	struct ue_consumer *consumer;
+	void *out;	    /* packed epoll_event array, or u32 events array if data_out */
 	uint64_t *data_out; /* NULL: packed layout */
 	uint32_t max;
 };
@@ -86,8 +91,8 @@ struct ue_consumer {
 	uint32_t bad_value;
 	uint32_t bad_kind; /* 1: slot out of range, 2: tail - head larger than the ring */
 	volatile int lock; /* one consumer at a time; protects head */
-	struct ue_binding into;	 /* poll_into's buffer */
-	struct ue_binding pairs; /* poll()'s split arrays */
+	int closing;	   /* set by ue_consumer_close: every poll returns -EBADF */
+	uint32_t inflight; /* threads inside ue_poll */
 };
 
 /* Ring geometry checks and consumer */
