@@ -167,15 +167,16 @@ class epoll:
         self._rearms = 0
         self._consumer = _backend_object.consumer
         self._poll_bound = lib.ue_poll_bound
-        # poll_into: (buffer, binding) of the last buffer seen; poll(): the maxevents argument
-        # and binding of its reusable arrays, used by one thread at a time (the lock).
-        self._into_cache: tuple[Any, Any] = (None, None)
+        # poll_into: (buffer, binding, what it uses) of the last buffer seen; poll(): the
+        # maxevents argument and binding of its reusable arrays, one thread at a time (lock).
+        self._into_cache: tuple[Any, ...] = (None, None)
+        self._into_fast: tuple[Any, ...] = (None, None)
         self._pairs_key: Any = None
         self._pairs_binding: Any = None
         self._pairs_lock = threading.Lock()
         # poll() and poll_into() take their fast path unless these are set: closed object,
         # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
-        self._slow = self._into_slow = False
+        self._slow = False
         if not ring:
             self._stdlib = _backend_object.ep
         self._closed = False
@@ -219,7 +220,7 @@ class epoll:
             return
         self._closed = True
         self._update_paths()
-        self._into_cache = (None, None)
+        self._into_cache = self._into_fast = (None, None)
         self._pairs_key = self._pairs_binding = None
         self._consumer = None
         self._finalizer()
@@ -338,26 +339,27 @@ class epoll:
         One C call, no allocation: the ring is drained straight into the buffer (``data`` is
         the registration's 64-bit data, the fd by default).
         """
-        cache = self._into_cache
-        if buffer is not cache[0] or self._into_slow:
+        cache = self._into_fast  # (None, ...) whenever the slow path must run
+        if buffer is not cache[0]:
             return self._poll_into_slow(buffer, timeout)
         tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
-        n = self._poll_bound(cache[1][0], tns)
+        n = self._poll_bound(cache[1], tns)
         if n < 0:
-            return self._poll_error(n, timeout, cache[1][0])
+            return self._poll_error(n, timeout, cache[1])
         return n
 
     def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
         self._check_open()
         cache = self._into_cache
         if buffer is not cache[0]:
-            cache = self._into_cache = (buffer, self._into_binding_for(buffer))
+            cache = self._into_cache = (buffer, *self._into_binding_for(buffer))
+            self._update_paths()
         if self._rearm:
             self._do_rearm()
         tns = -1 if timeout is None else _timeout_ns(timeout)
-        n = self._poll_bound(cache[1][0], tns)
+        n = self._poll_bound(cache[1], tns)
         if n < 0:
-            n = self._poll_error(n, timeout, cache[1][0])
+            n = self._poll_error(n, timeout, cache[1])
         if self._lt and n:
             data = buffer["data"][:n].tolist()
             if self._fd_of_data:
@@ -422,7 +424,7 @@ class epoll:
     def _update_paths(self) -> None:
         lt = bool(self._lt)
         self._slow = self._closed or lt or not self._ring
-        self._into_slow = self._closed or lt
+        self._into_fast = (None, None) if self._closed or lt else self._into_cache
 
     def _check_open(self) -> None:
         if self._closed:
@@ -439,7 +441,7 @@ class epoll:
         self._update_paths()
         self._consumer = None
         self._poll_bound = _forked_poll
-        self._into_cache = (None, None)
+        self._into_cache = self._into_fast = (None, None)
         self._pairs_key = self._pairs_binding = None
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
