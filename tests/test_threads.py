@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -35,10 +36,8 @@ def test_concurrent_consumers_share_the_events(backend: str, api: str) -> None:
                 got = buffer["data"][:n].tolist()
             for fd in got:
                 # Each write is consumed by exactly one reader, so the total is exact.
-                try:
+                with contextlib.suppress(BlockingIOError):
                     seen[slot].append(os.eventfd_read(fd))
-                except BlockingIOError:
-                    pass
 
     try:
         for fd in fds:
