@@ -1,0 +1,251 @@
+"""The User-Mode Linux tooling itself: cache key, series parsing, boot, run semantics.
+
+None of this needs the patched behaviour, so it holds with an empty series (plain 6.1). The tests
+that boot a kernel are marked ``uml`` and skip inside UML (see uml_support).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from uring_epoll import uml
+
+try:
+    import uml_support
+except ImportError:  # tests/ imported as a package
+    from tests import uml_support
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """A fake source tarball and a patch directory with a two-patch series."""
+    tarball = tmp_path / "linux-source-6.1.tar.xz"
+    tarball.write_bytes(b"x" * 100)
+    pdir = tmp_path / "kernel_patches"
+    pdir.mkdir()
+    (pdir / "0001-a.patch").write_text("a\n")
+    (pdir / "0002-b.patch").write_text("b\n")
+    (pdir / "series").write_text("# comment\n0001-a.patch\n\n0002-b.patch -p1\n")
+    (pdir / "um.config").write_text("CONFIG_EPOLL=y\n")
+    return tarball, pdir
+
+
+def test_cache_key_is_stable(inputs: tuple[Path, Path]) -> None:
+    tarball, pdir = inputs
+    key = uml.cache_key(tarball, pdir)
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert uml.cache_key(tarball, pdir) == key
+
+
+@pytest.mark.parametrize("change", ["patch", "series order", "um.config", "tarball", "new patch"])
+def test_cache_key_changes_with_every_input(inputs: tuple[Path, Path], change: str) -> None:
+    tarball, pdir = inputs
+    before = uml.cache_key(tarball, pdir)
+    if change == "patch":
+        (pdir / "0002-b.patch").write_text("b changed\n")
+    elif change == "series order":
+        (pdir / "series").write_text("0002-b.patch\n0001-a.patch\n")
+    elif change == "um.config":
+        (pdir / "um.config").write_text("CONFIG_EPOLL=y\nCONFIG_X=y\n")
+    elif change == "tarball":
+        tarball.write_bytes(b"x" * 101)
+    else:
+        (pdir / "0003-c.patch").write_text("c\n")
+        with open(pdir / "series", "a") as f:
+            f.write("0003-c.patch\n")
+    assert uml.cache_key(tarball, pdir) != before
+
+
+def test_cache_key_ignores_unlisted_files(inputs: tuple[Path, Path]) -> None:
+    tarball, pdir = inputs
+    before = uml.cache_key(tarball, pdir)
+    (pdir / "0009-draft.patch").write_text("not in the series\n")
+    (pdir / "README").write_text("notes\n")
+    assert uml.cache_key(tarball, pdir) == before
+
+
+def test_empty_and_absent_series(tmp_path: Path) -> None:
+    assert uml.read_series(tmp_path) == []
+    (tmp_path / "series").write_text("# nothing yet\n\n")
+    assert uml.read_series(tmp_path) == []
+
+
+def test_series_parsing(inputs: tuple[Path, Path]) -> None:
+    _, pdir = inputs
+    entries = uml.read_series(pdir)
+    assert [(e.path.name, e.strip) for e in entries] == [("0001-a.patch", 1), ("0002-b.patch", 1)]
+
+
+def test_series_naming_a_missing_patch_is_an_error(inputs: tuple[Path, Path]) -> None:
+    _, pdir = inputs
+    (pdir / "series").write_text("0001-a.patch\n0005-missing.patch\n")
+    with pytest.raises(uml.KernelBuildError, match=r"0005-missing\.patch"):
+        uml.read_series(pdir)
+
+
+def test_patches_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(uml.PATCHES_ENV, str(tmp_path))
+    assert uml.patches_dir() == tmp_path.resolve()
+    monkeypatch.delenv(uml.PATCHES_ENV)
+    assert uml.patches_dir() == Path(uml.__file__).resolve().parent.parent / "kernel_patches"
+
+
+def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert uml.cache_root() == tmp_path / "uring-epoll" / "kernel"
+    assert uml.find_kernel("0123456789abcdef") is None
+
+
+def test_cli_registers_kernel_subcommands() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    uml.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["kernel", "run", "--timeout", "5", "--", "true", "-x"])
+    assert args.timeout == 5 and args.cmd[-2:] == ["true", "-x"]
+    for sub in ("build", "path", "test", "selftest"):
+        assert callable(parser.parse_args(["kernel", sub]).func)
+
+
+# ---------------------------------------------------------------------------------------------
+# Booting the kernel
+
+needs_kernel = pytest.mark.uml
+
+
+@needs_kernel
+def test_exit_status_zero_and_nonzero() -> None:
+    k = uml_support.kernel()
+    assert uml.run(["true"], kernel=k, stdout=None, stderr=None, timeout=120) == 0
+    assert uml.run(["sh", "-c", "exit 3"], kernel=k, stdout=None, stderr=None, timeout=120) == 3
+
+
+@needs_kernel
+def test_signal_gives_128_plus_signal() -> None:
+    code = uml.run(["sh", "-c", "kill -TERM $$"], kernel=uml_support.kernel(), stdout=None,
+                   stderr=None, timeout=120)
+    assert code == 128 + 15
+
+
+@needs_kernel
+def test_missing_command_gives_127() -> None:
+    result = uml.run_capture(["/nonexistent/command"], kernel=uml_support.kernel(), timeout=120)
+    assert result.returncode == 127
+    assert "/nonexistent/command" in result.stderr
+
+
+@needs_kernel
+def test_runs_inside_uml_in_callers_cwd(tmp_path: Path) -> None:
+    (tmp_path / "marker").write_text("here\n")
+    script = ("import os, sys\nfrom uring_epoll import uml\n"
+              "print(os.getcwd()); print(open('marker').read().strip()); "
+              "print(uml.is_inside_uml()); print(os.uname().release)")
+    result = uml.run_capture([sys.executable, "-c", script], cwd=tmp_path,
+                             kernel=uml_support.kernel(), timeout=120,
+                             env=dict(os.environ, PYTHONPATH=str(uml_support.REPO_ROOT)))
+    assert result.returncode == 0, result.stderr
+    cwd, marker, inside, release = result.stdout.split("\n")[:4]
+    assert cwd == str(tmp_path) and marker == "here" and inside == "True"
+    assert release.startswith("6.1.")
+    assert not uml.is_inside_uml()
+
+
+@needs_kernel
+def test_environment_is_passed_exactly() -> None:
+    env = {"PATH": os.environ["PATH"], "URING_EPOLL_T": "a b\tc=d\n'\"$x", "EMPTY": ""}
+    result = uml.run_capture([sys.executable, "-c", "import os; print(repr(dict(os.environ)))"],
+                             env=env, kernel=uml_support.kernel(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = eval(result.stdout)  # repr of a dict of str
+    seen.pop("LC_CTYPE", None)  # Python's C-locale coercion may add it in the child
+    assert seen == env
+
+
+@needs_kernel
+def test_stdout_and_stderr_are_separate_and_exact() -> None:
+    script = ("import sys\nsys.stdout.write('out 1\\nout 2\\n'); sys.stdout.flush()\n"
+              "sys.stderr.write('err\\n'); sys.stdout.buffer.write(bytes(range(256)))")
+    result = uml.run([sys.executable, "-c", script], kernel=uml_support.kernel(), timeout=120,
+                     stdout=(out := __import__("io").BytesIO()),
+                     stderr=(err := __import__("io").BytesIO()))
+    assert result == 0
+    assert out.getvalue() == b"out 1\nout 2\n" + bytes(range(256))
+    assert err.getvalue() == b"err\n"
+
+
+@needs_kernel
+def test_large_output_is_complete() -> None:
+    result = uml.run_capture(["sh", "-c", "seq 1 200000"], kernel=uml_support.kernel(),
+                             timeout=300)
+    assert result.returncode == 0
+    lines = result.stdout.split("\n")
+    assert lines[0] == "1" and lines[-2] == "200000" and len(lines) == 200001
+
+
+@needs_kernel
+def test_output_streams_while_the_command_runs() -> None:
+    arrivals: list[tuple[float, bytes]] = []
+
+    class Recorder:
+        def write(self, data: bytes) -> None:
+            arrivals.append((time.monotonic(), data))
+
+        def flush(self) -> None:
+            pass
+
+    uml.run(["sh", "-c", "echo first; sleep 4; echo second"], kernel=uml_support.kernel(),
+            stdout=Recorder(), stderr=None, timeout=120)
+    ended = time.monotonic()
+    text = b"".join(d for _, d in arrivals)
+    assert text == b"first\nsecond\n"
+    first_at = next(t for t, d in arrivals if b"first" in d)
+    assert ended - first_at > 3, "the first line arrived only when the command ended"
+
+
+@needs_kernel
+def test_timeout_kills_a_hung_guest() -> None:
+    k = uml_support.kernel()
+    started = time.monotonic()
+    with pytest.raises(uml.KernelTimeout, match="within 10s") as info:
+        uml.run(["sleep", "1000"], kernel=k, stdout=None, stderr=None, timeout=10)
+    assert time.monotonic() - started < 40
+    # Nothing of that kernel may survive: its helper processes would keep CPU and memory.
+    assert info.value.pgid > 0
+    with pytest.raises(ProcessLookupError):
+        os.killpg(info.value.pgid, 0)
+
+
+@needs_kernel
+def test_boot_is_quick() -> None:
+    """Not a benchmark: a guard against a boot that waits for something (a timeout, a device)."""
+    k = uml_support.kernel()
+    started = time.monotonic()
+    assert uml.run(["true"], kernel=k, stdout=None, stderr=None, timeout=120) == 0
+    assert time.monotonic() - started < 30
+
+
+@needs_kernel
+def test_concurrent_runs() -> None:
+    k = uml_support.kernel()
+    codes: list[int] = []
+
+    def one(n: int) -> None:
+        codes.append(uml.run(["sh", "-c", f"exit {n}"], kernel=k, stdout=None, stderr=None,
+                             timeout=120))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in (4, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [4, 5]

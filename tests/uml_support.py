@@ -1,0 +1,85 @@
+"""Helpers for tests that boot the project's User-Mode Linux kernel.
+
+Policy: building the kernel needs apt (for the source and tools) or an installed source tarball.
+Outside CI a machine that cannot build skips these tests with the reason; in CI (``CI=true``)
+the same situation is a failure, because there the kernel tests are the point.
+
+Inside the kernel (a nested ``pytest -m "not uml"`` run) nothing here may boot another kernel:
+:func:`kernel` skips unconditionally there, which also covers someone running ``-m uml`` inside.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from uring_epoll import uml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_kernel: uml.KernelBuild | None = None
+_error: uml.KernelBuildError | None = None
+
+
+def in_ci() -> bool:
+    """True in CI, where kernel tests must run and never skip."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Skip (developer machine) or fail (CI) because the kernel cannot be had."""
+    if in_ci():
+        pytest.fail(f"CI=true and the UML kernel is unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def kernel() -> uml.KernelBuild:
+    """The built kernel, built on first use and cached for the rest of the session.
+
+    A build failure is remembered, so one broken build is reported once per test rather than
+    rebuilt (for four minutes) by every test that asks.
+    """
+    global _kernel, _error
+    if uml.is_inside_uml():
+        pytest.skip("already inside User-Mode Linux: not booting a kernel inside the kernel")
+    if _kernel is None and _error is None:
+        try:
+            _kernel = uml.build(progress=sys.stderr)
+        except uml.KernelBuildError as exc:
+            _error = exc
+    if _kernel is None:
+        if isinstance(_error, uml.KernelSourceError):
+            unavailable(f"cannot build the UML kernel here: {_error}")
+        # A patch that does not apply or a compile error is a real failure everywhere.
+        pytest.fail(f"kernel build failed: {_error}", pytrace=False)
+    return _kernel
+
+
+def run_in_kernel(argv: Sequence[str | os.PathLike[str]], timeout: float = 300.0, *,
+                  cwd: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  extra_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside the kernel with stdout/stderr captured (``subprocess.run``-like).
+
+    ``cwd`` defaults to the repository root; ``extra_env`` is added to the environment (the
+    caller's, or ``env``). The output is also echoed so a failing test shows it.
+    """
+    k = kernel()
+    full_env = dict(os.environ if env is None else env)
+    full_env.update(extra_env or {})
+    result = uml.run_capture(argv, timeout=timeout, kernel=k, env=full_env,
+                             cwd=REPO_ROOT if cwd is None else cwd)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result
+
+
+def uring_epoll_cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """``uring-epoll ARGS`` inside the kernel, e.g. ``uring_epoll_cli("info")``."""
+    return run_in_kernel([sys.executable, "-m", "uring_epoll.cli", *args], timeout=timeout,
+                         extra_env={uml.IN_UML_ENV: "1"})

@@ -1,0 +1,981 @@
+"""Build the project's Linux 6.1 as User-Mode Linux and run commands inside it.
+
+Why User-Mode Linux: the EPOLL_USERPOLL ring and vpoll exist only in the patched kernel of
+``kernel_patches/``. UML turns that kernel into an ordinary host executable, so the real kernel
+code can be exercised from a normal test run, without root on a VM, in about a second per boot.
+
+How it works, in short:
+
+* **Source.** Debian's ``linux-source-6.1`` package ships the tree as a tarball under
+  ``/usr/src``; :func:`ensure_source` installs it (and the build tools) through apt when missing.
+* **Cache.** A build is keyed by the hash of everything that determines the binary (the tarball's
+  name and size, the ``series`` file, every patch it lists, ``um.config`` and this module's build
+  recipe), and published atomically to ``$XDG_CACHE_HOME/uring-epoll/kernel/<key>/``. The build
+  tree stays there as ``src/`` because the C selftests compile against its exported headers and
+  its ``tools/testing/selftests``. A file lock serialises builds between processes (pytest
+  workers, a CLI call in another terminal), and a finished build is reused until the key changes.
+* **Boot.** The guest's root file system is the host's ``/`` through hostfs, so the host's Python,
+  the repository and a per-run directory are visible at the same paths. The init process is a
+  small Python launcher written into that directory: it mounts the pseudo file systems, runs the
+  command with the caller's exact environment and working directory, writes the exit status into
+  the run directory, syncs and powers off. The command's stdout and stderr are two UML virtual
+  consoles wired to host pipes, so they stay separate and kernel messages (console 0) go to a log
+  instead of mixing with the command's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "IN_UML_ENV",
+    "PATCHES_ENV",
+    "KernelBuild",
+    "KernelBuildError",
+    "KernelRunError",
+    "KernelSourceError",
+    "KernelTimeout",
+    "add_cli",
+    "build",
+    "cache_key",
+    "cache_root",
+    "compile_selftest",
+    "ensure_source",
+    "find_kernel",
+    "is_inside_uml",
+    "patches_dir",
+    "read_series",
+    "run",
+    "run_capture",
+    "selftest_sources",
+]
+
+#: Overrides the location of the patch series (default: ``kernel_patches/`` of the checkout).
+PATCHES_ENV = "URING_EPOLL_PATCHES"
+#: Set by the test suite for runs inside the kernel (load is scaled down there).
+IN_UML_ENV = "URING_EPOLL_IN_UML"
+#: Niceness of the kernel build; the build machines are shared and small.
+NICE_ENV = "URING_EPOLL_BUILD_NICE"
+
+SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+APT_PACKAGES = (
+    "linux-source-6.1", "bc", "flex", "bison", "libelf-dev", "libssl-dev",
+    "build-essential", "make", "gcc", "patch", "xz-utils", "python3",
+)
+#: Where the C selftests of the series live, relative to the kernel tree.
+SELFTEST_DIR = Path("tools/testing/selftests/filesystems/epoll")
+
+# Options the tooling itself relies on, merged before the series' um.config so the fragment can
+# still override them: hostfs for the root, devtmpfs for /dev/ttyN, tmpfs for /dev/shm (Python's
+# multiprocessing needs it), devpts for tests that open ptys, sysrq as a power-off fallback.
+_TOOLING_CONFIG = """\
+CONFIG_HOSTFS=y
+CONFIG_DEVTMPFS=y
+CONFIG_DEVTMPFS_MOUNT=y
+CONFIG_TMPFS=y
+CONFIG_UNIX98_PTYS=y
+CONFIG_MAGIC_SYSRQ=y
+CONFIG_STDERR_CONSOLE=y
+CONFIG_SSL=y
+CONFIG_NULL_CHAN=y
+"""
+# Bump when the build steps change in a way that changes the result, so caches are rebuilt.
+_RECIPE_VERSION = "2"
+
+
+class KernelBuildError(RuntimeError):
+    """The kernel could not be obtained or built; the message says why."""
+
+
+class KernelSourceError(KernelBuildError):
+    """The source or the build tools are missing and cannot be installed here (no apt, not root,
+    apt failing): the machine cannot build, as opposed to a build that fails."""
+
+
+class KernelRunError(RuntimeError):
+    """The kernel booted but did not report the command's exit status."""
+
+
+class KernelTimeout(KernelRunError):
+    """The guest did not power off in time (hang or panic); UML was killed."""
+
+    #: The process group UML ran in (all of it was killed); lets tests check nothing survived.
+    pgid: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Locations and the cache key
+
+
+def patches_dir() -> Path:
+    """The patch series directory: ``$URING_EPOLL_PATCHES`` or the checkout's kernel_patches/."""
+    override = os.environ.get(PATCHES_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return Path(__file__).resolve().parent.parent / "kernel_patches"
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/uring-epoll/kernel`` (``~/.cache`` when the variable is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "uring-epoll" / "kernel"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesEntry:
+    """One line of a quilt ``series`` file: the patch and its strip level."""
+
+    path: Path
+    strip: int = 1
+
+
+def read_series(pdir: Path | None = None) -> list[SeriesEntry]:
+    """The patches listed in ``pdir/series``, in order; empty when the file is absent.
+
+    Quilt syntax: one patch per line, optional ``-pN``, ``#`` starts a comment. A listed patch
+    that does not exist is an error now rather than a confusing failure half-way into a build.
+    """
+    pdir = patches_dir() if pdir is None else pdir
+    series = pdir / "series"
+    if not series.is_file():
+        return []
+    entries = []
+    for lineno, raw in enumerate(series.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, *opts = line.split()
+        strip = 1
+        for opt in opts:
+            if re.fullmatch(r"-p\d+", opt):
+                strip = int(opt[2:])
+            else:
+                raise KernelBuildError(f"{series}:{lineno}: unsupported option {opt!r}")
+        path = pdir / name
+        if not path.is_file():
+            raise KernelBuildError(f"{series}:{lineno}: patch {name!r} not found in {pdir}")
+        entries.append(SeriesEntry(path, strip))
+    return entries
+
+
+def cache_key(tarball: Path | None = None, pdir: Path | None = None) -> str:
+    """First 16 hex digits of the SHA-256 of every input of the build.
+
+    The tarball contributes its name and size only: hashing 140 MB on every test session would
+    cost seconds, and a new Debian upload changes the size in practice.
+    """
+    tarball = SOURCE_TARBALL if tarball is None else tarball
+    pdir = patches_dir() if pdir is None else pdir
+    h = hashlib.sha256()
+
+    def part(label: str, data: bytes) -> None:
+        # Length-prefixed so that moving bytes between parts can never give the same digest.
+        h.update(f"{label}\0{len(data)}\0".encode())
+        h.update(data)
+
+    part("recipe", (_RECIPE_VERSION + _TOOLING_CONFIG).encode())
+    size = tarball.stat().st_size if tarball.exists() else -1
+    part("source", f"{tarball.name}:{size}".encode())
+    series = pdir / "series"
+    part("series", series.read_bytes() if series.is_file() else b"<absent>")
+    for entry in read_series(pdir):
+        part(f"patch:{entry.path.name}", entry.path.read_bytes())
+    config = pdir / "um.config"
+    part("um.config", config.read_bytes() if config.is_file() else b"<absent>")
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelBuild:
+    """A published build: the UML executable and the tree it was built from."""
+
+    key: str
+    root: Path
+
+    @property
+    def linux(self) -> Path:
+        """The UML kernel executable."""
+        return self.root / "linux"
+
+    @property
+    def src(self) -> Path:
+        """The configured, patched and built kernel tree."""
+        return self.root / "src"
+
+    @property
+    def include(self) -> Path:
+        """The exported uapi headers (``-I`` this for programs using the new ABI)."""
+        return self.src / "usr" / "include"
+
+    @property
+    def log(self) -> Path:
+        """The full build log."""
+        return self.root / "build.log"
+
+
+def find_kernel(key: str | None = None) -> KernelBuild | None:
+    """The published build for ``key`` (default: the current inputs), or None if not built."""
+    try:
+        key = cache_key() if key is None else key
+    except KernelBuildError:
+        return None
+    candidate = KernelBuild(key, cache_root() / key)
+    # Publication is a rename of the whole directory, so the binary's presence means complete.
+    return candidate if candidate.linux.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------
+# Source and tools
+
+
+_apt_updated = False
+
+
+def _missing_tools() -> list[str]:
+    tools = ("make", "gcc", "patch", "bc", "flex", "bison", "tar", "xz")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if not any(Path(p).is_file() for p in ("/usr/include/libelf.h", "/usr/include/gelf.h")):
+        missing.append("libelf-dev")
+    return missing
+
+
+def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) -> Path:
+    """Return the 6.1 source tarball, installing it and the build tools through apt if needed.
+
+    Raises :class:`KernelBuildError` naming the reason when that is impossible (no apt-get,
+    not root, apt failing), so callers can turn it into a skip or a failure as they see fit.
+    """
+    global _apt_updated
+    tarball = SOURCE_TARBALL if tarball is None else tarball
+    missing = _missing_tools()
+    if tarball.is_file() and not missing:
+        return tarball
+    what = ", ".join(([str(tarball)] if not tarball.is_file() else []) + missing)
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise KernelSourceError(f"missing {what} and apt-get is not available to install it")
+    if os.geteuid() != 0:
+        raise KernelSourceError(f"missing {what}; installing it with apt-get needs root")
+    out = log if log is not None else sys.stderr
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    commands = [] if _apt_updated else [[apt, "update"]]
+    commands.append([apt, "install", "-y", "--no-install-recommends", *APT_PACKAGES])
+    for cmd in commands:
+        print(f"uring-epoll kernel: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=False)
+        out.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            raise KernelSourceError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
+        if cmd[1] == "update":
+            _apt_updated = True
+    if not tarball.is_file():
+        raise KernelSourceError(f"apt-get installed linux-source-6.1 but {tarball} is missing")
+    still = _missing_tools()
+    if still:
+        raise KernelSourceError(f"still missing after apt-get install: {', '.join(still)}")
+    return tarball
+
+
+# --------------------------------------------------------------------------------------------
+# Build
+
+
+_PROGRESS_RE = re.compile(rb"^\s+(CC|AS|LD|AR|HOSTCC|GEN|SYSHDR|SYSTBL|HDRINST|UPD)\b")
+
+
+class _Builder:
+    """Runs the build steps in ``workdir``, logging everything and reporting progress."""
+
+    def __init__(self, workdir: Path, log: IO[bytes], progress: IO[str] | None) -> None:
+        self.workdir = workdir
+        self.log = log
+        self.progress = progress
+        self.started = time.monotonic()
+        try:
+            self.nice = int(os.environ.get(NICE_ENV, "10"))
+        except ValueError:
+            self.nice = 10
+
+    def say(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        line = f"uring-epoll kernel [{int(elapsed) // 60}m{int(elapsed) % 60:02d}s] {text}"
+        self.log.write((line + "\n").encode())
+        self.log.flush()
+        if self.progress is not None:
+            print(line, file=self.progress, flush=True)
+
+    def step(self, label: str, cmd: Sequence[str], *, cwd: Path, what: str | None = None) -> None:
+        """Run ``cmd``; output to the log, a condensed progress line every few seconds."""
+        self.say(f"{label}: {shlex.join(cmd)}")
+        self.log.flush()
+        nice = self.nice
+
+        def lower_priority() -> None:
+            # Kernel builds share two cores with other people's builds and tests.
+            with contextlib.suppress(OSError):
+                os.nice(nice)
+
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, preexec_fn=lower_priority)
+        count = 0
+        last: bytes = b""
+        lock = threading.Lock()
+
+        def pump() -> None:
+            nonlocal count, last
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.log.write(line)
+                if _PROGRESS_RE.match(line):
+                    with lock:
+                        count += 1
+                        last = line.strip()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        step_start = time.monotonic()
+        while True:
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                with lock:
+                    n, current = count, last.decode(errors="replace")
+                self.say(f"{label}: {n} steps, {int(time.monotonic() - step_start)}s"
+                         + (f" ({current[:60]})" if current else ""))
+        reader.join()
+        self.log.flush()
+        if proc.returncode != 0:
+            raise KernelBuildError(
+                f"{what or label} failed (exit {proc.returncode}): {shlex.join(cmd)}")
+        self.say(f"{label}: done ({count} steps, {int(time.monotonic() - step_start)}s)")
+
+
+def _check_config(config: Path, fragments: Sequence[Path], builder: _Builder) -> None:
+    """Warn about fragment options that did not survive olddefconfig (unmet dependencies)."""
+    have = set(config.read_text().splitlines())
+    for fragment in fragments:
+        for line in fragment.read_text().splitlines():
+            line = line.strip()
+            if not line.startswith(("CONFIG_", "# CONFIG_")):
+                continue
+            if line not in have:
+                builder.say(f"warning: {fragment.name}: {line!r} is not in the final .config")
+
+
+def _build_into(workdir: Path, tarball: Path, pdir: Path, builder: _Builder) -> None:
+    jobs = str(os.cpu_count() or 1)
+    builder.step("extract", ["tar", "-xf", str(tarball), "-C", str(workdir)], cwd=workdir)
+    tops = [p for p in workdir.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise KernelBuildError(f"{tarball} did not unpack to a single directory: {tops}")
+    src = workdir / "src"
+    tops[0].rename(src)
+    for entry in read_series(pdir):
+        builder.step(f"patch {entry.path.name}",
+                     ["patch", f"-p{entry.strip}", "--forward", "--batch", "-i", str(entry.path)],
+                     cwd=src, what=f"applying {entry.path.name} (see kernel_patches/series)")
+    make = ["make", "ARCH=um"]
+    builder.step("defconfig", [*make, "defconfig"], cwd=src)
+    tooling = workdir / "tooling.config"
+    tooling.write_text(_TOOLING_CONFIG)
+    fragments = [tooling]
+    if (pdir / "um.config").is_file():
+        fragments.append(pdir / "um.config")
+    builder.step("merge config",
+                 ["scripts/kconfig/merge_config.sh", "-m", ".config", *map(str, fragments)],
+                 cwd=src)
+    builder.step("olddefconfig", [*make, "olddefconfig"], cwd=src)
+    _check_config(src / ".config", fragments, builder)
+    builder.step("make linux", [*make, f"-j{jobs}", "linux"], cwd=src)
+    # The top Makefile refuses headers_install for ARCH=um ("Headers not exportable for UML").
+    # UML on x86_64 uses the x86_64 syscall table and uapi, so the host architecture's export
+    # is the right set of headers for programs run inside this kernel. headers_install is a
+    # no-config target, so it does not disturb the UML configuration.
+    subarch = "x86" if platform.machine() in ("x86_64", "i686", "i386") else platform.machine()
+    builder.step("headers_install", ["make", f"ARCH={subarch}", "headers_install"], cwd=src)
+    shutil.copy2(src / "linux", workdir / "linux")
+
+
+def build(*, force: bool = False, progress: IO[str] | None = sys.stderr) -> KernelBuild:
+    """Build the kernel for the current inputs, or return the cached build.
+
+    Safe to call from several processes at once: one builds, the others wait on the lock and
+    then find the published result.
+    """
+    if not force:
+        found = find_kernel()
+        if found is not None:
+            return found
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build.lock", "w") as lockfile:
+        try:
+            fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress is not None:
+                print("uring-epoll kernel: waiting for another build to finish...",
+                      file=progress, flush=True)
+            fcntl.flock(lockfile, fcntl.LOCK_EX)
+        tarball = ensure_source()
+        pdir = patches_dir()
+        key = cache_key(tarball, pdir)
+        final = root / key
+        if (final / "linux").is_file() and not force:
+            return KernelBuild(key, final)
+        # Leftovers of builds that were killed: we hold the lock, so nobody is using them.
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+        failed_log = root / f"{key}.failed.log"
+        try:
+            with open(workdir / "build.log", "wb") as log:
+                builder = _Builder(workdir, log, progress)
+                builder.say(f"building {key} from {tarball} with {len(read_series(pdir))} "
+                            f"patch(es) from {pdir}")
+                try:
+                    _build_into(workdir, tarball, pdir, builder)
+                except KernelBuildError as exc:
+                    log.flush()
+                    shutil.copy2(workdir / "build.log", failed_log)
+                    tail = _tail(failed_log, 40)
+                    raise KernelBuildError(f"{exc}\nfull log: {failed_log}\n--- last lines "
+                                           f"---\n{tail}") from None
+                builder.say(f"built {key}")
+            info = {"key": key, "tarball": str(tarball),
+                    "tarball_size": tarball.stat().st_size, "patches_dir": str(pdir),
+                    "patches": [e.path.name for e in read_series(pdir)],
+                    "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (workdir / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+            if final.exists():  # only with force=True
+                shutil.rmtree(final)
+            os.rename(workdir, final)
+            failed_log.unlink(missing_ok=True)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return KernelBuild(key, final)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        data = path.read_bytes()[-65536:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------
+# Boot and run
+
+
+# The guest's PID 1. It runs from the host filesystem (hostfs root) with the host's Python. It
+# must never exit (PID 1 exiting panics the kernel), so every failure path ends in power-off.
+_LAUNCHER = r'''
+import ctypes, errno, os, sys, termios
+
+RUNDIR = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+
+
+def mount(src, target, fstype, flags=0, data=None):
+    if not os.path.isdir(target):
+        os.makedirs(target, exist_ok=True)
+    if libc.mount(src.encode(), target.encode(), fstype.encode(), flags,
+                  data.encode() if data else None) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EBUSY:
+            sys.stderr.write(f"launcher: mount {fstype} on {target}: {os.strerror(err)}\n")
+
+
+def mounted():
+    try:
+        with open("/proc/self/mounts") as f:
+            return {line.split()[1] for line in f}
+    except OSError:
+        return set()
+
+
+def power_off():
+    os.sync()
+    libc.reboot(0x4321FEDC)  # LINUX_REBOOT_CMD_POWER_OFF
+    try:
+        with open("/proc/sysrq-trigger", "w") as f:
+            f.write("o")
+    except OSError:
+        pass
+    os.execv("/sbin/poweroff", ["poweroff", "-f"])
+
+
+def raw_output(fd):
+    # A tty turns "\n" into "\r\n" (OPOST/ONLCR); the host expects the bytes the program wrote.
+    attrs = termios.tcgetattr(fd)
+    attrs[1] &= ~termios.OPOST
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def main():
+    mount("proc", "/proc", "proc")
+    have = mounted()
+    if "/sys" not in have:
+        mount("sysfs", "/sys", "sysfs")
+    if "/dev" not in have:
+        mount("devtmpfs", "/dev", "devtmpfs")
+    mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=666")
+    mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777")
+    with open(os.path.join(RUNDIR, "argv"), "rb") as f:
+        argv = f.read().split(b"\0")[:-1]
+    with open(os.path.join(RUNDIR, "env"), "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0")[:-1])
+    with open(os.path.join(RUNDIR, "cwd"), "rb") as f:
+        cwd = f.read()
+    out = os.open("/dev/tty1", os.O_WRONLY | os.O_NOCTTY)
+    err = os.open("/dev/tty2", os.O_WRONLY | os.O_NOCTTY)
+    raw_output(out)
+    raw_output(err)
+    null = os.open("/dev/null", os.O_RDONLY)
+    status = 127
+    try:
+        os.chdir(cwd)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                os.dup2(null, 0)
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+                os.execvpe(argv[0], argv, env)
+            except BaseException as exc:
+                os.write(2, f"uring-epoll kernel: cannot run {argv[0]!r}: {exc}\n".encode())
+            os._exit(127)
+        while True:
+            # PID 1 inherits orphans: reap until our own child is the one that ended.
+            done, wstatus = os.wait()
+            if done == pid:
+                status = os.waitstatus_to_exitcode(wstatus)
+                if status < 0:
+                    status = 128 - status
+                break
+    except BaseException as exc:
+        os.write(err, f"uring-epoll kernel: launcher failed: {exc!r}\n".encode())
+    finally:
+        for fd in (out, err):
+            try:
+                termios.tcdrain(fd)
+            except OSError:
+                pass
+        tmp = os.path.join(RUNDIR, "status.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{status}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(RUNDIR, "status"))
+        power_off()
+
+
+try:
+    main()
+except BaseException:
+    import traceback
+    traceback.print_exc()  # to the console log, whose tail the host reports
+    sys.stderr.flush()
+finally:
+    power_off()
+'''
+
+
+def _uml_tmpdir() -> str:
+    """Where UML may create its memory file: it must be writable and allow PROT_EXEC maps."""
+    for candidate in ("/dev/shm", tempfile.gettempdir()):
+        if os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return tempfile.gettempdir()
+
+
+def _no_core_dumps() -> None:
+    # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run dir.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _sink(target: Any) -> Any:
+    """A callable writing bytes to ``target`` (binary file, text file, or None for discard)."""
+    if target is None:
+        return lambda data: None
+    if isinstance(target, int):
+        return lambda data: os.write(target, data)
+    buffer = getattr(target, "buffer", None)
+    if isinstance(target, io.TextIOBase) and buffer is None:
+        def write_text(data: bytes) -> None:
+            target.write(data.decode(errors="replace"))
+            target.flush()
+        return write_text
+    dest = buffer if buffer is not None else target
+
+    def write_bytes(data: bytes) -> None:
+        # Text wrappers over a buffer may hold text of their own: keep the order.
+        if dest is not target:
+            with contextlib.suppress(Exception):
+                target.flush()
+        dest.write(data)
+        dest.flush()
+    return write_bytes
+
+
+def _pump(fd: int, write: Any) -> threading.Thread:
+    def loop() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                with contextlib.suppress(Exception):
+                    write(data)
+        os.close(fd)
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+_DEFAULT = object()
+
+
+def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None, timeout: float = 600.0, mem: str = "512M",
+        stdout: Any = _DEFAULT, stderr: Any = _DEFAULT, console: Any = None,
+        kernel: KernelBuild | None = None) -> int:
+    """Boot the kernel, run ``argv`` inside it, return its exit status.
+
+    ``cwd`` and ``env`` default to the caller's (the environment is passed exactly: nothing is
+    added or removed). A command killed by a signal gives ``128 + signal``, like a shell.
+    ``stdout``/``stderr`` receive the command's output as it is produced: a file object (text
+    or binary), a raw fd, or None to discard; the default is this process's stdout/stderr.
+    ``console`` receives the kernel's own console (boot messages, oopses), default discarded;
+    it is also kept in a log whose tail is part of the error when the run fails.
+    The kernel is built first if needed (``kernel`` overrides which build is booted).
+
+    Raises :class:`KernelTimeout` when the guest has not powered off after ``timeout`` seconds
+    (the whole UML process group is killed) and :class:`KernelRunError` when it stops without
+    reporting a status (a panic, for instance).
+    """
+    kernel = build() if kernel is None else kernel
+    cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
+    env = dict(os.environ) if env is None else dict(env)
+    out_target = sys.stdout if stdout is _DEFAULT else stdout
+    err_target = sys.stderr if stderr is _DEFAULT else stderr
+    if not argv:
+        raise ValueError("run() needs a command")
+
+    rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
+    try:
+        (rundir / "argv").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
+        items = []
+        for name, value in env.items():
+            if "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f"environment variable {name!r} cannot be passed")
+            items.append(os.fsencode(name) + b"=" + os.fsencode(value) + b"\0")
+        (rundir / "env").write_bytes(b"".join(items))
+        (rundir / "cwd").write_bytes(os.fsencode(os.path.abspath(cwd)))
+        (rundir / "launcher.py").write_text(_LAUNCHER)
+        init = rundir / "init"
+        # -I: the launcher must not be affected by the caller's PYTHON* variables or site dir.
+        init.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I "
+                        f"{shlex.quote(str(rundir / 'launcher.py'))} {shlex.quote(str(rundir))}\n")
+        init.chmod(0o755)
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        con_r, con_w = os.pipe()
+        cmdline = [
+            str(kernel.linux), f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
+            f"init={init}", "con=null", f"con0=null,fd:{con_w}", f"con1=null,fd:{out_w}",
+            f"con2=null,fd:{err_w}", "ssl=null",
+        ]
+        console_log = rundir / "console.log"
+        log_file = open(console_log, "wb")  # noqa: SIM115 - closed in the finally below
+        console_write = _sink(console)
+
+        def console_sink(data: bytes) -> None:
+            log_file.write(data)
+            log_file.flush()
+            console_write(data)
+
+        # UML keeps a per-instance directory (pid file, mconsole socket) under $HOME/.uml and
+        # panics without $HOME: give it the run directory, which is removed afterwards.
+        uml_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": _uml_tmpdir(),
+                   "HOME": str(rundir)}
+        try:
+            proc = subprocess.Popen(
+                cmdline, stdin=subprocess.DEVNULL, stdout=con_w, stderr=con_w,
+                pass_fds=(out_w, err_w, con_w), env=uml_env, cwd=str(rundir),
+                preexec_fn=_no_core_dumps,
+                start_new_session=True)  # its own process group: UML forks helper processes
+        except BaseException:
+            for fd in (out_r, out_w, err_r, err_w, con_r, con_w):
+                os.close(fd)
+            log_file.close()
+            raise
+        for fd in (out_w, err_w, con_w):
+            os.close(fd)
+        pumps = [_pump(out_r, _sink(out_target)), _pump(err_r, _sink(err_target)),
+                 _pump(con_r, console_sink)]
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # Always: helper processes may outlive the main one and keep the pipes open.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            for pump in pumps:
+                pump.join(timeout=10)
+            log_file.close()
+        status_file = rundir / "status"
+        if timed_out:
+            error = KernelTimeout(f"the kernel did not finish {shlex.join(map(str, argv))!r} "
+                                  f"within {timeout:g}s and was killed; console tail:\n"
+                                  f"{_tail(console_log, 25)}")
+            error.pgid = proc.pid
+            raise error
+        if not status_file.is_file():
+            raise KernelRunError(f"the kernel exited (status {proc.returncode}) without "
+                                 f"reporting the exit status of {shlex.join(map(str, argv))!r};"
+                                 f" console tail:\n{_tail(console_log, 25)}")
+        return int(status_file.read_text().strip())
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def run_capture(argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.0,
+                **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """:func:`run` with stdout and stderr captured as text, like ``subprocess.run``."""
+    out, err = io.BytesIO(), io.BytesIO()
+    code = run(argv, timeout=timeout, stdout=out, stderr=err, **kwargs)
+    return subprocess.CompletedProcess(
+        [os.fspath(a) for a in argv], code, out.getvalue().decode(errors="replace"),
+        err.getvalue().decode(errors="replace"))
+
+
+def is_inside_uml() -> bool:
+    """True when this process runs on a User-Mode Linux kernel.
+
+    UML reports the host's machine in uname, so the reliable sign is /proc/cpuinfo, whose
+    ``vendor_id`` / ``model name`` lines say "User Mode Linux" / "UML".
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read(8192)
+    except OSError:
+        return False
+    if "User Mode Linux" in text:
+        return True
+    return re.search(r"^model name\s*:\s*UML\b", text, re.M) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# C selftests
+
+
+def selftest_sources(kernel: KernelBuild) -> list[Path]:
+    """Every ``*.c`` in the tree's epoll selftest directory (the 6.1 one and the series' own)."""
+    return sorted((kernel.src / SELFTEST_DIR).glob("*.c"))
+
+
+def compile_selftest(source: Path, kernel: KernelBuild, outdir: Path) -> Path:
+    """Compile one selftest standalone against the build's exported headers; return the binary.
+
+    Raises :class:`subprocess.CalledProcessError` with gcc's output when it does not compile.
+    """
+    outdir.mkdir(parents=True, exist_ok=True)
+    binary = outdir / source.stem
+    cmd = ["gcc", "-O2", "-g", "-Wall", "-pthread", f"-I{kernel.include}",
+           f"-I{kernel.src / 'tools/testing/selftests'}", str(source), "-o", str(binary)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return binary
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    try:
+        kernel = build(force=args.force)
+    except KernelBuildError as exc:
+        print(f"uring-epoll kernel build: {exc}", file=sys.stderr)
+        return 1
+    print(kernel.linux)
+    return 0
+
+
+def _cmd_path(args: argparse.Namespace) -> int:
+    kernel = find_kernel()
+    if kernel is None:
+        try:
+            key = cache_key()
+        except KernelBuildError as exc:
+            print(f"uring-epoll kernel path: {exc}", file=sys.stderr)
+            return 1
+        print(f"uring-epoll kernel path: not built for the current patches (key {key}); "
+              "run `uring-epoll kernel build`", file=sys.stderr)
+        return 1
+    print(kernel.src if args.src else kernel.linux)
+    return 0
+
+
+def _run_cli(argv: Sequence[str], args: argparse.Namespace, env: Mapping[str, str] | None = None,
+             cwd: str | None = None) -> int:
+    try:
+        return run(argv, timeout=args.timeout, mem=args.mem, env=env, cwd=cwd,
+                   console=sys.stderr if args.console else None)
+    except KernelBuildError as exc:
+        print(f"uring-epoll kernel: {exc}", file=sys.stderr)
+        return 1
+    except KernelTimeout as exc:
+        print(f"uring-epoll kernel: {exc}", file=sys.stderr)
+        return 124
+    except KernelRunError as exc:
+        print(f"uring-epoll kernel: {exc}", file=sys.stderr)
+        return 125
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("uring-epoll kernel run: no command given (usage: kernel run -- CMD...)",
+              file=sys.stderr)
+        return 2
+    return _run_cli(argv, args)
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    extra = list(args.pytest_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    root = _repo_root()
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+            "-m", "not uml", *extra]
+    env = dict(os.environ, **{IN_UML_ENV: "1", "URING_EPOLL_REQUIRE_KERNEL": "1"})
+    return _run_cli(argv, args, env=env, cwd=str(root))
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    try:
+        kernel = build()
+    except KernelBuildError as exc:
+        print(f"uring-epoll kernel selftest: {exc}", file=sys.stderr)
+        return 1
+    sources = selftest_sources(kernel)
+    if args.names:
+        sources = [s for s in sources if s.stem in args.names or s.name in args.names]
+    if not sources:
+        print("uring-epoll kernel selftest: no selftests found", file=sys.stderr)
+        return 1
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="uring-epoll-selftests-") as tmp:
+        for source in sources:
+            try:
+                binary = compile_selftest(source, kernel, Path(tmp))
+            except subprocess.CalledProcessError as exc:
+                print(f"--- {source.name}: does not compile\n{exc.stdout}{exc.stderr}",
+                      file=sys.stderr)
+                failed.append(source.name)
+                continue
+            print(f"--- {source.name}", flush=True)
+            code = _run_cli([str(binary)], args, cwd=tmp)
+            print(f"--- {source.name}: exit {code}", flush=True)
+            if code != 0:
+                failed.append(source.name)
+    print(f"{len(sources) - len(failed)}/{len(sources)} selftests passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``kernel build|path|run|test|selftest`` to the ``uring-epoll`` command."""
+    kernel = subparsers.add_parser(
+        "kernel", help="build the patched kernel as User-Mode Linux and run things in it",
+        description="Build Linux 6.1 with kernel_patches/ as User-Mode Linux (cached by the "
+                    "hash of the patches and config) and run commands inside it.")
+    sub = kernel.add_subparsers(dest="kernel_command", metavar="SUBCOMMAND")
+
+    def boot_options(p: argparse.ArgumentParser, timeout: float) -> None:
+        p.add_argument("--timeout", type=float, default=timeout, metavar="S",
+                       help=f"kill the kernel after S seconds (default {timeout:g})")
+        p.add_argument("--mem", default="512M", help="guest memory (default 512M)")
+        p.add_argument("--console", action="store_true",
+                       help="show the kernel console (boot messages) on stderr")
+
+    p = sub.add_parser("build", help="build the kernel, or reuse the cached one; print its path")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("path", help="print the cached kernel's path (exit 1 if not built)")
+    p.add_argument("--src", action="store_true", help="print the build tree instead")
+    p.set_defaults(func=_cmd_path)
+
+    p = sub.add_parser("run", help="run a command inside the kernel; exit with its status",
+                       usage="%(prog)s [--timeout S] [--mem M] [--console] -- CMD...")
+    boot_options(p, 600.0)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("test", help="run the test suite (pytest -m 'not uml') inside the kernel")
+    boot_options(p, 1800.0)
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("selftest", help="compile the epoll C selftests and run them inside")
+    boot_options(p, 900.0)
+    p.add_argument("names", nargs="*", help="only these selftests (file names or stems)")
+    p.set_defaults(func=_cmd_selftest)
+
+    def no_subcommand(args: argparse.Namespace) -> int:
+        kernel.print_help()
+        return 2
+
+    kernel.set_defaults(func=no_subcommand)
+    return kernel
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m uring_epoll.uml ...``: the kernel subcommands without the package CLI."""
+    parser = argparse.ArgumentParser(prog="python -m uring_epoll.uml")
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["kernel", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
