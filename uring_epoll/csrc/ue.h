@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 6
+#define UE_NATIVE_VERSION 7
 
 #define UE_USERPOLL_MAGIC 0xeb01eb01u
 #define UE_HEADER_SIZE 128u
@@ -133,5 +133,10 @@ struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t 
 int ue_producers_join(struct ue_producers *p, uint64_t *written);
 void ue_producers_stop(struct ue_producers *p);
 long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);
+
+/* C floors for the benchmarks (bench.c): ns per event, or -errno */
+double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange);
+double ue_bench_epoll_wait(int epfd, uint32_t batch, uint32_t rounds);
+double ue_bench_iouring_multishot(const int *fds, uint32_t n, uint32_t rounds);
 
 #endif
