@@ -616,6 +616,22 @@ def _uml_tmpdir() -> str:
     return tempfile.gettempdir()
 
 
+def _wait_group_gone(pgid: int, limit: float) -> None:
+    """Wait (bounded) until every process of the group has died and been reaped.
+
+    UML's helpers are children of the main process; once it is gone they are reparented and
+    reaped by the host's init, which takes a moment. Waiting means a caller that checks for
+    leftovers (or measures CPU) right after run() sees a clean state.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
 def _no_core_dumps() -> None:
     # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run dir.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -752,6 +768,7 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            _wait_group_gone(proc.pid, 5.0)
             for pump in pumps:
                 pump.join(timeout=10)
             log_file.close()
