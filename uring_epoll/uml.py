@@ -495,7 +495,7 @@ def _tail(path: Path, lines: int) -> str:
 # The guest's PID 1. It runs from the host filesystem (hostfs root) with the host's Python. It
 # must never exit (PID 1 exiting panics the kernel), so every failure path ends in power-off.
 _LAUNCHER = r'''
-import ctypes, errno, os, sys, termios
+import ctypes, errno, os, sys, termios, threading
 
 RUNDIR = sys.argv[1]
 libc = ctypes.CDLL(None, use_errno=True)
@@ -531,6 +531,15 @@ def power_off():
     os.execv("/sbin/poweroff", ["poweroff", "-f"])
 
 
+def copy(src, dst):
+    while True:
+        data = os.read(src, 65536)
+        if not data:
+            break
+        while data:
+            data = data[os.write(dst, data):]
+
+
 def raw_output(fd):
     # A tty turns "\n" into "\r\n" (OPOST/ONLCR); the host expects the bytes the program wrote.
     attrs = termios.tcgetattr(fd)
@@ -557,6 +566,22 @@ def main():
     err = os.open("/dev/tty2", os.O_WRONLY | os.O_NOCTTY)
     raw_output(out)
     raw_output(err)
+    # The command sees a terminal only where the host caller has one: a tty changes programs'
+    # behaviour (buffering, colours, progress bars), so captured runs get pipes, which the
+    # launcher copies to the consoles.
+    with open(os.path.join(RUNDIR, "ttys")) as f:
+        ttys = f.read().split()
+    copiers = []
+    child_fds = []
+    for name, console in (("stdout", out), ("stderr", err)):
+        if name in ttys:
+            child_fds.append(console)
+            continue
+        r, w = os.pipe()
+        child_fds.append(w)
+        t = threading.Thread(target=copy, args=(r, console), daemon=True)
+        t.start()
+        copiers.append((t, w))
     null = os.open("/dev/null", os.O_RDONLY)
     status = 127
     try:
@@ -566,12 +591,14 @@ def main():
             try:
                 os.setsid()
                 os.dup2(null, 0)
-                os.dup2(out, 1)
-                os.dup2(err, 2)
+                os.dup2(child_fds[0], 1)
+                os.dup2(child_fds[1], 2)
                 os.execvpe(argv[0], argv, env)
             except BaseException as exc:
                 os.write(2, f"uring-epoll kernel: cannot run {argv[0]!r}: {exc}\n".encode())
             os._exit(127)
+        for _, w in copiers:
+            os.close(w)
         while True:
             # PID 1 inherits orphans: reap until our own child is the one that ended.
             done, wstatus = os.wait()
@@ -583,6 +610,9 @@ def main():
     except BaseException as exc:
         os.write(err, f"uring-epoll kernel: launcher failed: {exc!r}\n".encode())
     finally:
+        # A background process left behind may hold the pipe open forever: bounded wait.
+        for t, _ in copiers:
+            t.join(2.0)
         for fd in (out, err):
             try:
                 termios.tcdrain(fd)
@@ -630,6 +660,16 @@ def _wait_group_gone(pgid: int, limit: float) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.05)
+
+
+def _isatty(target: Any) -> bool:
+    if target is None:
+        return False
+    try:
+        fd = target if isinstance(target, int) else target.fileno()
+        return os.isatty(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
 
 
 def _no_core_dumps() -> None:
@@ -715,6 +755,9 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
             items.append(os.fsencode(name) + b"=" + os.fsencode(value) + b"\0")
         (rundir / "env").write_bytes(b"".join(items))
         (rundir / "cwd").write_bytes(os.fsencode(os.path.abspath(cwd)))
+        (rundir / "ttys").write_text(" ".join(
+            name for name, target in (("stdout", out_target), ("stderr", err_target))
+            if _isatty(target)))
         (rundir / "launcher.py").write_text(_LAUNCHER)
         init = rundir / "init"
         # -I: the launcher must not be affected by the caller's PYTHON* variables or site dir.
