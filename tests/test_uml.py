@@ -118,6 +118,116 @@ def test_cli_registers_kernel_subcommands() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The build pipeline, on a fake tree with a fake make (seconds, not minutes)
+
+FAKE_MAKE = """#!/bin/sh
+echo "$*" >> "$FAKE_MAKE_LOG"
+for a in "$@"; do
+  case "$a" in
+    defconfig) echo "CONFIG_DEFAULT=y" > .config ;;
+    linux) sleep "${FAKE_MAKE_SLEEP:-0}"; echo "  CC      fake.o"; cp hello.txt linux ;;
+    headers_install) mkdir -p usr/include/linux; echo "  HDRINST usr/include/linux/x.h" ;;
+  esac
+done
+"""
+MERGE_CONFIG = """#!/bin/sh
+shift 2
+cat "$@" >> .config
+"""
+GOOD_PATCH = """--- a/hello.txt
++++ b/hello.txt
+@@ -1 +1 @@
+-hello
++hello, patched
+"""
+
+
+@pytest.fixture
+def fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """(tarball, patch dir, make log) with make replaced and the cache in tmp_path."""
+    import tarfile
+
+    top = tmp_path / "tree" / "linux-source-fake"
+    (top / "scripts" / "kconfig").mkdir(parents=True)
+    (top / "hello.txt").write_text("hello\n")
+    (top / "scripts" / "kconfig" / "merge_config.sh").write_text(MERGE_CONFIG)
+    (top / "scripts" / "kconfig" / "merge_config.sh").chmod(0o755)
+    tarball = tmp_path / "linux-source-fake.tar.xz"
+    with tarfile.open(tarball, "w:xz") as tar:
+        tar.add(top, arcname=top.name)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "make").write_text(FAKE_MAKE)
+    (bindir / "make").chmod(0o755)
+    pdir = tmp_path / "patches"
+    pdir.mkdir()
+    (pdir / "0001-greet.patch").write_text(GOOD_PATCH)
+    (pdir / "series").write_text("0001-greet.patch\n")
+    (pdir / "um.config").write_text("CONFIG_FROM_SERIES=y\n")
+    log = tmp_path / "make.log"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MAKE_LOG", str(log))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(uml.NICE_ENV, "0")
+    return tarball, pdir, log
+
+
+def test_build_applies_series_merges_config_and_publishes(fake_tree: tuple[Path, Path, Path]
+                                                          ) -> None:
+    tarball, pdir, log = fake_tree
+    built = uml.build(tarball=tarball, pdir=pdir, progress=None)
+    assert built.key == uml.cache_key(tarball, pdir)
+    assert built.root == uml.cache_root() / built.key
+    assert built.linux.read_text() == "hello, patched\n"
+    config = (built.src / ".config").read_text()
+    assert "CONFIG_HOSTFS=y" in config and "CONFIG_FROM_SERIES=y" in config
+    assert (built.include / "linux").is_dir()
+    assert [line.split()[-1] for line in log.read_text().splitlines()] == [
+        "defconfig", "olddefconfig", "linux", "headers_install"]
+    assert not list(uml.cache_root().glob(".tmp-*"))
+    # Cached: no make at all the second time.
+    before = log.read_text()
+    assert uml.build(tarball=tarball, pdir=pdir, progress=None) == built
+    assert log.read_text() == before
+    # A changed patch is a new key and a new build next to the old one.
+    (pdir / "0001-greet.patch").write_text(GOOD_PATCH.replace("patched", "again"))
+    rebuilt = uml.build(tarball=tarball, pdir=pdir, progress=None)
+    assert rebuilt.key != built.key and rebuilt.linux.read_text() == "hello, again\n"
+    assert built.linux.is_file()
+
+
+def test_build_names_the_patch_that_does_not_apply(fake_tree: tuple[Path, Path, Path]) -> None:
+    tarball, pdir, _ = fake_tree
+    (pdir / "0002-bad.patch").write_text(GOOD_PATCH.replace("-hello", "-goodbye"))
+    (pdir / "series").write_text("0001-greet.patch\n0002-bad.patch\n")
+    with pytest.raises(uml.KernelBuildError, match=r"applying 0002-bad\.patch") as info:
+        uml.build(tarball=tarball, pdir=pdir, progress=None)
+    key = uml.cache_key(tarball, pdir)
+    failed_log = uml.cache_root() / f"{key}.failed.log"
+    assert str(failed_log) in str(info.value) and failed_log.is_file()
+    assert not (uml.cache_root() / key).exists()
+    assert not list(uml.cache_root().glob(".tmp-*"))
+
+
+def test_concurrent_builds_build_once(fake_tree: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import subprocess
+
+    tarball, pdir, log = fake_tree
+    code = ("import sys; from pathlib import Path; from uring_epoll import uml; "
+            "print(uml.build(tarball=Path(sys.argv[1]), pdir=Path(sys.argv[2]), "
+            "progress=None).linux)")
+    env = dict(os.environ, FAKE_MAKE_SLEEP="2",
+               PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT),
+                                           os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tarball), str(pdir)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs[0] == outputs[1] and outputs[0].endswith("/linux")
+    assert [line.split()[-1] for line in log.read_text().splitlines()].count("linux") == 1
+
+
+# ---------------------------------------------------------------------------------------------
 # Booting the kernel
 
 needs_kernel = pytest.mark.uml

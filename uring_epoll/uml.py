@@ -420,16 +420,19 @@ def _build_into(workdir: Path, tarball: Path, pdir: Path, builder: _Builder) -> 
     shutil.copy2(src / "linux", workdir / "linux")
 
 
-def build(*, force: bool = False, progress: IO[str] | None = sys.stderr) -> KernelBuild:
+def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
+          tarball: Path | None = None, pdir: Path | None = None) -> KernelBuild:
     """Build the kernel for the current inputs, or return the cached build.
 
     Safe to call from several processes at once: one builds, the others wait on the lock and
-    then find the published result.
+    then find the published result. ``tarball`` and ``pdir`` override the source tarball and
+    the patch directory (tests use them).
     """
     if not force:
-        found = find_kernel()
-        if found is not None:
-            return found
+        with contextlib.suppress(KernelBuildError):
+            found = find_kernel(cache_key(tarball, pdir))
+            if found is not None:
+                return found
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".build.lock", "w") as lockfile:
@@ -440,8 +443,8 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr) -> Kern
                 print("uring-epoll kernel: waiting for another build to finish...",
                       file=progress, flush=True)
             fcntl.flock(lockfile, fcntl.LOCK_EX)
-        tarball = ensure_source()
-        pdir = patches_dir()
+        tarball = ensure_source(tarball)
+        pdir = patches_dir() if pdir is None else pdir
         key = cache_key(tarball, pdir)
         final = root / key
         if (final / "linux").is_file() and not force:
