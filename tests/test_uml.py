@@ -196,6 +196,18 @@ def test_build_applies_series_merges_config_and_publishes(fake_tree: tuple[Path,
     assert built.linux.is_file()
 
 
+def test_old_builds_are_pruned(fake_tree: tuple[Path, Path, Path],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    tarball, pdir, _ = fake_tree
+    monkeypatch.setenv(uml.KEEP_ENV, "2")
+    builds = []
+    for n in range(3):
+        (pdir / "0001-greet.patch").write_text(GOOD_PATCH.replace("patched", f"v{n}"))
+        builds.append(uml.build(tarball=tarball, pdir=pdir, progress=None))
+        time.sleep(0.05)  # distinct mtimes
+    assert [b.linux.is_file() for b in builds] == [False, True, True]
+
+
 def test_build_names_the_patch_that_does_not_apply(fake_tree: tuple[Path, Path, Path]) -> None:
     tarball, pdir, _ = fake_tree
     (pdir / "0002-bad.patch").write_text(GOOD_PATCH.replace("-hello", "-goodbye"))

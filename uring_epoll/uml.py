@@ -65,6 +65,7 @@ __all__ = [
     "find_kernel",
     "is_inside_uml",
     "patches_dir",
+    "prune",
     "read_series",
     "run",
     "run_capture",
@@ -77,6 +78,8 @@ PATCHES_ENV = "URING_EPOLL_PATCHES"
 IN_UML_ENV = "URING_EPOLL_IN_UML"
 #: Niceness of the kernel build; the build machines are shared and small.
 NICE_ENV = "URING_EPOLL_BUILD_NICE"
+#: How many built kernels the cache keeps (default 3).
+KEEP_ENV = "URING_EPOLL_KERNEL_KEEP"
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 APT_PACKAGES = (
@@ -435,7 +438,7 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
                 return found
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".build.lock", "w") as lockfile:
+    with open(_lock_path(), "w") as lockfile:
         try:
             fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -477,10 +480,57 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
                 shutil.rmtree(final)
             os.rename(workdir, final)
             failed_log.unlink(missing_ok=True)
+            prune(keep=_keep_count(), current=key)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         return KernelBuild(key, final)
+
+
+def _lock_path() -> Path:
+    return cache_root() / ".build.lock"
+
+
+def _keep_count() -> int:
+    try:
+        return max(1, int(os.environ.get(KEEP_ENV, "3")))
+    except ValueError:
+        return 3
+
+
+def prune(keep: int = 3, current: str | None = None) -> list[Path]:
+    """Delete all but the ``keep`` most recently built kernels (about 2 GB each); return them.
+
+    ``current`` (default: the key of the current inputs) is always kept. Called after every
+    build, because iterating on the patch series makes a new key per change.
+    """
+    root = cache_root()
+    if current is None:
+        with contextlib.suppress(KernelBuildError):
+            current = cache_key()
+    builds = [p for p in root.glob("*") if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name)
+              and (p / "linux").is_file()]
+    builds.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = [p for p in builds if p.name == current]
+    removed = []
+    for build_dir in builds:
+        if build_dir.name == current:
+            continue
+        if len(kept) < keep:
+            kept.append(build_dir)
+            continue
+        # Rename first so a concurrent reader never sees a half-deleted build as complete.
+        doomed = root / f".tmp-prune-{build_dir.name}-{os.getpid()}"
+        try:
+            os.rename(build_dir, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(build_dir)
+    for stale_log in root.glob("*.failed.log"):
+        if stale_log.stem.split(".")[0] != current:
+            stale_log.unlink(missing_ok=True)
+    return removed
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -915,6 +965,25 @@ def _cmd_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean(args: argparse.Namespace) -> int:
+    if args.all:
+        root = cache_root()
+        root.mkdir(parents=True, exist_ok=True)
+        with open(_lock_path(), "w") as lockfile:
+            fcntl.flock(lockfile, fcntl.LOCK_EX)
+            for entry in root.iterdir() if root.is_dir() else []:
+                if entry.name != ".build.lock":
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    print(f"removed {entry}")
+        return 0
+    for removed in prune(keep=args.keep):
+        print(f"removed {removed}")
+    return 0
+
+
 def _run_cli(argv: Sequence[str], args: argparse.Namespace, env: Mapping[str, str] | None = None,
              cwd: str | None = None) -> int:
     try:
@@ -1007,6 +1076,11 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("path", help="print the cached kernel's path (exit 1 if not built)")
     p.add_argument("--src", action="store_true", help="print the build tree instead")
     p.set_defaults(func=_cmd_path)
+
+    p = sub.add_parser("clean", help="delete old kernel builds from the cache")
+    p.add_argument("--keep", type=int, default=1, help="builds to keep, current first (1)")
+    p.add_argument("--all", action="store_true", help="delete every build, current included")
+    p.set_defaults(func=_cmd_clean)
 
     p = sub.add_parser("run", help="run a command inside the kernel; exit with its status",
                        usage="%(prog)s [--timeout S] [--mem M] [--console] -- CMD...")
