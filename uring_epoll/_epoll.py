@@ -37,6 +37,7 @@ from ._native_lib import ffi, lib, os_error
 
 _DEFAULT_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT
 _FD_SETSIZE = 1024
+_MAX_EVENTS = 1 << 24  # what one call's result arrays may hold (~200 MiB)
 DEFAULT_MAX_ITEMS = 1024
 
 _live: weakref.WeakSet[epoll] = weakref.WeakSet()
@@ -313,8 +314,9 @@ class epoll:
             return self._stdlib.poll(timeout, maxevents)
         if self._rearm:
             self._do_rearm()
-        # More than one call's arrays hold simply stays in the ring for the next call.
-        count = _FD_SETSIZE - 1 if maxevents == -1 else min(maxevents, _FD_SETSIZE)
+        if maxevents > _MAX_EVENTS:
+            raise ValueError(f"maxevents is too large ({maxevents} > {_MAX_EVENTS})")
+        count = _FD_SETSIZE - 1 if maxevents == -1 else maxevents
         if self._pairs_lock.acquire(False):
             try:
                 if self._pairs_key != maxevents:

@@ -118,18 +118,28 @@ def _clock_overhead_ns() -> float:
 # ---- drain scenario --------------------------------------------------------------------------
 
 
+def refill(ep: epoll, fds: list[int]) -> None:
+    """Make *fds* pending in the ring (untimed): the emulator's producer is called directly;
+    on the kernel backend each eventfd is written, and the kernel appends it."""
+    backend = ep._backend
+    if backend.name == "thread":
+        for fd in fds:
+            backend.inject(fd, select.EPOLLIN)
+    else:
+        for fd in fds:
+            os.eventfd_write(fd, 1)
+
+
 def _ring_drain_ns(
     ep: epoll, fds: list[int], batch: int, calls: int, use_tuples: bool, overhead: float
 ) -> list[float]:
     """ns per event for draining *batch* ready entries, one timed call per refill."""
-    backend = ep._backend
     buffer = np.zeros(batch, abi.EVENT_DTYPE)
     clock = time.perf_counter_ns
     samples = []
     ready = fds[:batch]
     for _ in range(calls):
-        for fd in ready:
-            backend.inject(fd, select.EPOLLIN)
+        refill(ep, ready)
         if use_tuples:
             t0 = clock()
             got = len(ep.poll(0, batch))
@@ -144,12 +154,24 @@ def _ring_drain_ns(
     return samples
 
 
-def _stdlib_poll_ns(fds: list[int], batch: int, calls: int, overhead: float) -> list[float]:
+@contextmanager
+def _level_ready(fds: list[int]) -> Iterator[select.epoll]:
+    """A select.epoll with *fds* registered level-triggered and kept ready."""
     ep = select.epoll()
     try:
-        for fd in fds[:batch]:
+        for fd in fds:
             os.eventfd_write(fd, 1)
-            ep.register(fd, select.EPOLLIN)  # level-triggered: stays ready, no refill needed
+            ep.register(fd, select.EPOLLIN)  # level-triggered: ready on every call
+        yield ep
+    finally:
+        ep.close()
+        for fd in fds:
+            with suppress(BlockingIOError):
+                os.eventfd_read(fd)
+
+
+def _stdlib_poll_ns(fds: list[int], batch: int, calls: int, overhead: float) -> list[float]:
+    with _level_ready(fds[:batch]) as ep:
         clock = time.perf_counter_ns
         samples = []
         poll = ep.poll
@@ -161,53 +183,92 @@ def _stdlib_poll_ns(fds: list[int], batch: int, calls: int, overhead: float) -> 
                 raise RuntimeError(f"select.epoll returned {got} events, expected {batch}")
             samples.append(max(t1 - t0 - overhead, 0.0) / batch)
         return samples
-    finally:
-        ep.close()
-        for fd in fds[:batch]:
-            with suppress(BlockingIOError):
-                os.eventfd_read(fd)
+
+
+def _c_floor(value: float, what: str) -> float:
+    if value < 0:
+        raise os_error(int(value), what)
+    return value
+
+
+def _c_epoll_wait_ns(fds: list[int], batch: int, calls: int) -> float:
+    with _level_ready(fds[:batch]) as ep:
+        return _c_floor(lib.ue_bench_epoll_wait(ep.fileno(), batch, calls), "epoll_wait floor")
+
+
+def _iouring_ns(fds: list[int], batch: int, calls: int) -> float | str:
+    """io_uring multishot poll, completion ring drained in C; a reason string if unavailable."""
+    array = np.array(fds[:batch], dtype=np.int32)
+    value = lib.ue_bench_iouring_multishot(
+        ffi.cast("int *", ffi.from_buffer(array)), batch, max(5, calls // 4)
+    )
+    if value < 0:
+        code = int(-value)
+        return f"io_uring unavailable: {os.strerror(code)}"
+    return value
+
+
+def _ratio(cost_baseline: float, cost_ring: float) -> float:
+    return cost_baseline / cost_ring if cost_ring else float("inf")
 
 
 def scenario_drain(
-    batches: tuple[int, ...], calls: int, repeats: int, progress: Progress
-) -> list[Comparison]:
-    """poll_into / poll on the ring against select.epoll.poll, per batch size."""
+    batches: tuple[int, ...], calls: int, repeats: int, progress: Progress,
+    backend: str = "thread",
+) -> tuple[list[Comparison], list[str]]:
+    """Drain cost per event at each batch size: the ring (poll_into, poll) against
+    select.epoll.poll, raw epoll_wait from C, the C drain floor and io_uring's CQ ring."""
     results = []
+    notes: list[str] = []
     overhead = _clock_overhead_ns()
     with eventfds(max(batches)) as fds:
-        ep = epoll(backend="thread", max_items=max(max(batches), 1))
+        ep = epoll(backend=backend, max_items=max(max(batches), 1))
         try:
             for fd in fds:
                 ep.register(fd, select.EPOLLIN | select.EPOLLET)
             for batch in batches:
                 n_calls = max(20, calls // max(1, batch // 16))
-                rows: dict[str, list[float]] = {"into": [], "tuples": [], "stdlib": []}
+                rows: dict[str, list[float]] = {
+                    k: [] for k in ("into", "tuples", "stdlib", "c_epoll", "floor", "uring")
+                }
                 for rep in range(repeats):
                     progress(f"drain: batch {batch}, repeat {rep + 1}/{repeats}")
-                    rows["into"].append(
-                        statistics.median(_ring_drain_ns(ep, fds, batch, n_calls, False, overhead))
-                    )
-                    rows["tuples"].append(
-                        statistics.median(_ring_drain_ns(ep, fds, batch, n_calls, True, overhead))
-                    )
-                    rows["stdlib"].append(
-                        statistics.median(_stdlib_poll_ns(fds, batch, n_calls, overhead))
-                    )
-                base = _summary("select.epoll.poll", "ns/event", rows["stdlib"])
-                for key, label in (("into", "poll_into"), ("tuples", "poll")):
-                    ring = _summary(f"ring {label}", "ns/event", rows[key])
-                    results.append(
-                        Comparison(
-                            "drain",
-                            f"{label}, batch {batch}",
-                            ring,
-                            base,
-                            base.median / ring.median if ring.median else float("inf"),
-                        )
-                    )
+                    med = statistics.median
+                    rows["into"].append(med(_ring_drain_ns(ep, fds, batch, n_calls, False,
+                                                           overhead)))
+                    rows["tuples"].append(med(_ring_drain_ns(ep, fds, batch, n_calls, True,
+                                                             overhead)))
+                    rows["stdlib"].append(med(_stdlib_poll_ns(fds, batch, n_calls, overhead)))
+                    rows["c_epoll"].append(_c_epoll_wait_ns(fds, batch, n_calls))
+                    rows["floor"].append(_c_floor(lib.ue_bench_drain_floor(batch, n_calls, 1),
+                                                  "drain floor"))
+                    uring = _iouring_ns(fds, batch, n_calls)
+                    if isinstance(uring, str):
+                        if uring not in notes:
+                            notes.append(uring)
+                    else:
+                        rows["uring"].append(uring)
+                unit = "ns/event"
+                into = _summary(f"{backend} poll_into", unit, rows["into"])
+                tuples = _summary(f"{backend} poll", unit, rows["tuples"])
+                stdlib = _summary("select.epoll.poll", unit, rows["stdlib"])
+                c_epoll = _summary("epoll_wait from C", unit, rows["c_epoll"])
+                floor = _summary("C ring drain (atomic exchange)", unit, rows["floor"])
+                pairs = [
+                    ("poll_into vs select.epoll.poll", into, stdlib),
+                    ("poll vs select.epoll.poll", tuples, stdlib),
+                    ("poll_into vs epoll_wait in C", into, c_epoll),
+                    ("poll_into vs C drain floor", into, floor),
+                ]
+                if rows["uring"]:
+                    uring_m = _summary("io_uring multishot CQ drain (C)", unit, rows["uring"])
+                    pairs.append(("C drain floor vs io_uring CQ", floor, uring_m))
+                for label, ring, base in pairs:
+                    results.append(Comparison("drain", f"{label}, batch {batch}", ring, base,
+                                              _ratio(base.median, ring.median)))
         finally:
             ep.close()
-    return results
+    return results, notes
 
 
 # ---- sustained scenario ----
@@ -363,16 +424,25 @@ def run(
     progress = progress or Progress()
     ring_backends = backends or [b for b in probe.available_backends() if b != "epoll"]
     results: list[Comparison] = []
+    notes: list[str] = []
     if "drain" in scenarios:
-        batches = (1, 16, 256, 1024) if not quick else (1, 256)
-        results += scenario_drain(batches, 40 if quick else 400, 2 if quick else 5, progress)
+        batches = (1, 16, 256, 1024, 4096) if not quick else (1, 256)
+        drain_backend = "kernel" if "kernel" in ring_backends else "thread"
+        found, more = scenario_drain(batches, 40 if quick else 400, 2 if quick else 5, progress,
+                                     drain_backend)
+        results += found
+        notes += more
     if "sustained" in scenarios:
         results += scenario_sustained(
             ring_backends, nfds=64, threads=threads, seconds=0.3 if quick else 2.0,
             repeats=1 if quick else 3, progress=progress,
         )
     progress.done()
-    return {"environment": environment(), "results": [asdict(r) for r in results]}
+    return {
+        "environment": environment(),
+        "results": [asdict(r) for r in results],
+        "notes": notes,
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -387,18 +457,19 @@ def format_table(report: dict[str, Any]) -> str:
             "User-Mode Linux figures: system calls cost ~60x more here; only ratios inside "
             "this run mean anything."
         )
-    header = f"{'scenario':<10} {'what':<34} {'ring':>14} {'baseline':>14} {'unit':<13} ratio"
+    header = f"{'scenario':<10} {'what':<44} {'ring':>10} {'baseline':>10} {'unit':<13} ratio"
     lines += [header, "-" * len(header)]
     for r in report["results"]:
         ring, base = r["ring"], r["baseline"]
         lines.append(
-            f"{r['scenario']:<10} {r['label']:<34} {_fmt(ring['median']):>14} "
-            f"{_fmt(base['median']):>14} {ring['unit']:<13} {r['ratio']:.2f}x"
+            f"{r['scenario']:<10} {r['label']:<44} {_fmt(ring['median']):>10} "
+            f"{_fmt(base['median']):>10} {ring['unit']:<13} {r['ratio']:.2f}x"
         )
     lines.append(
-        "ratio > 1: the ring wins (baseline cost / ring cost, or ring rate / baseline rate); "
-        "baseline: select.epoll.poll in the same run."
+        "Medians over repeats; ratio = the second's cost / the first's (rates: first / second),"
+        " so > 1 means the first is faster. All figures from this one run."
     )
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
 
 
