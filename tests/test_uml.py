@@ -106,6 +106,15 @@ def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert uml.find_kernel("0123456789abcdef") is None
 
 
+def test_kernel_problems_finds_splats_after_init_only() -> None:
+    boot = "WARNING: at boot, not ours\nRun /tmp/x/init as init process\n"
+    assert uml.kernel_problems(boot + "ordinary line\n") == ""
+    splat = ("------------[ cut here ]------------\nWARNING: CPU: 0 PID: 7 at fs/eventpoll.c:1 x\n"
+             "Call Trace:\n [<60000000>] ep_insert+0x1/0x2\n")
+    found = uml.kernel_problems(boot + splat)
+    assert "fs/eventpoll.c" in found and "ep_insert" in found and "at boot" not in found
+
+
 def test_cli_registers_kernel_subcommands() -> None:
     import argparse
 
@@ -345,6 +354,13 @@ def test_timeout_kills_a_hung_guest() -> None:
     assert info.value.pgid > 0
     with pytest.raises(ProcessLookupError):
         os.killpg(info.value.pgid, 0)
+
+
+@needs_kernel
+def test_kernel_panic_is_reported() -> None:
+    with pytest.raises(uml.KernelRunError, match="sysrq triggered crash"):
+        uml.run_capture(["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"],
+                        kernel=uml_support.kernel(), timeout=120)
 
 
 @needs_kernel

@@ -11,7 +11,6 @@ Inside the kernel (a nested ``pytest -m "not uml"`` run) nothing here may boot a
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,23 +62,32 @@ def kernel() -> uml.KernelBuild:
 def run_in_kernel(argv: Sequence[str | os.PathLike[str]], timeout: float = 300.0, *,
                   cwd: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None,
-                  extra_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+                  extra_env: Mapping[str, str] | None = None,
+                  check_kernel: bool = True) -> uml.KernelCompletedProcess:
     """Run ``argv`` inside the kernel with stdout/stderr captured (``subprocess.run``-like).
 
     ``cwd`` defaults to the repository root; ``extra_env`` is added to the environment (the
-    caller's, or ``env``). The output is also echoed so a failing test shows it.
+    caller's, or ``env``). The output is also echoed so a failing test shows it. With
+    ``check_kernel`` an oops/WARN/BUG on the kernel console fails the test even if the command
+    succeeded: that is a bug in the kernel under test. A panic or hang fails it too.
     """
     k = kernel()
     full_env = dict(os.environ if env is None else env)
     full_env.update(extra_env or {})
-    result = uml.run_capture(argv, timeout=timeout, kernel=k, env=full_env,
-                             cwd=REPO_ROOT if cwd is None else cwd)
+    try:
+        result = uml.run_capture(argv, timeout=timeout, kernel=k, env=full_env,
+                                 cwd=REPO_ROOT if cwd is None else cwd)
+    except uml.KernelRunError as exc:  # KernelTimeout included
+        pytest.fail(str(exc), pytrace=False)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
+    if check_kernel and result.kernel_problems:
+        pytest.fail(f"the kernel reported a problem while running {list(map(str, argv))}:\n"
+                    f"{result.kernel_problems}", pytrace=False)
     return result
 
 
-def uring_epoll_cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+def uring_epoll_cli(*args: str, timeout: float = 300.0) -> uml.KernelCompletedProcess:
     """``uring-epoll ARGS`` inside the kernel, e.g. ``uring_epoll_cli("info")``."""
     return run_in_kernel([sys.executable, "-m", "uring_epoll.cli", *args], timeout=timeout,
                          extra_env={uml.IN_UML_ENV: "1"})

@@ -64,6 +64,7 @@ __all__ = [
     "ensure_source",
     "find_kernel",
     "is_inside_uml",
+    "kernel_problems",
     "patches_dir",
     "prune",
     "read_series",
@@ -715,6 +716,14 @@ def _wait_group_gone(pgid: int, limit: float) -> None:
         time.sleep(0.05)
 
 
+def _console_excerpt(console_log: Path) -> str:
+    """The kernel's complaint if it made one (an oops or panic starts there), else the tail."""
+    problems = kernel_problems(_tail(console_log, 400))
+    if problems:
+        return f"the kernel reported:\n{problems}"
+    return f"console tail:\n{_tail(console_log, 25)}"
+
+
 def _isatty(target: Any) -> bool:
     if target is None:
         return False
@@ -734,6 +743,8 @@ def _sink(target: Any) -> Any:
     """A callable writing bytes to ``target`` (binary file, text file, or None for discard)."""
     if target is None:
         return lambda data: None
+    if callable(target) and not hasattr(target, "write"):
+        return target
     if isinstance(target, int):
         return lambda data: os.write(target, data)
     buffer = getattr(target, "buffer", None)
@@ -871,27 +882,76 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
         status_file = rundir / "status"
         if timed_out:
             error = KernelTimeout(f"the kernel did not finish {shlex.join(map(str, argv))!r} "
-                                  f"within {timeout:g}s and was killed; console tail:\n"
-                                  f"{_tail(console_log, 25)}")
+                                  f"within {timeout:g}s and was killed; "
+                                  f"{_console_excerpt(console_log)}")
             error.pgid = proc.pid
             raise error
         if not status_file.is_file():
             raise KernelRunError(f"the kernel exited (status {proc.returncode}) without "
                                  f"reporting the exit status of {shlex.join(map(str, argv))!r};"
-                                 f" console tail:\n{_tail(console_log, 25)}")
+                                 f" {_console_excerpt(console_log)}")
+        problems = kernel_problems(console_log.read_bytes().decode(errors="replace"))
+        if problems:
+            # An oops or a WARN in the kernel under test is news even when the command passed.
+            _sink(err_target)(("uring-epoll kernel: the kernel reported problems during the "
+                               "run (console excerpt):\n" + problems + "\n").encode())
         return int(status_file.read_text().strip())
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
+# Lines the kernel prints when something is wrong in it (as opposed to boot chatter).
+_PROBLEM_RE = re.compile(
+    r"(BUG:|Oops|WARNING:|Kernel panic|kernel BUG|UBSAN:|KASAN:|general protection|"
+    r"INFO: task .* blocked|rcu: INFO|circular locking|Call Trace:|Modules linked in:|"
+    r"Segfault with no mm)")
+
+
+def kernel_problems(console: str, context: int = 40) -> str:
+    """The part of a console log that reports a kernel problem (oops, WARN, BUG...), or "".
+
+    Only what follows the start of init counts: boot messages are not the code under test.
+    """
+    lines = console.splitlines()
+    start = next((i for i, line in enumerate(lines) if "as init process" in line), 0)
+    for i in range(start, len(lines)):
+        if _PROBLEM_RE.search(lines[i]):
+            return "\n".join(lines[max(start, i - 2): i + context])
+    return ""
+
+
+class KernelCompletedProcess(subprocess.CompletedProcess):  # type: ignore[type-arg]
+    """``subprocess.CompletedProcess`` plus the kernel's console log of the run."""
+
+    console: str = ""
+
+    @property
+    def kernel_problems(self) -> str:
+        """The console excerpt reporting an oops/WARN/BUG during the run, or ""."""
+        return kernel_problems(self.console)
+
+
 def run_capture(argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.0,
-                **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """:func:`run` with stdout and stderr captured as text, like ``subprocess.run``."""
-    out, err = io.BytesIO(), io.BytesIO()
-    code = run(argv, timeout=timeout, stdout=out, stderr=err, **kwargs)
-    return subprocess.CompletedProcess(
+                **kwargs: Any) -> KernelCompletedProcess:
+    """:func:`run` with stdout, stderr and the kernel console captured as text.
+
+    Returns a ``subprocess.CompletedProcess`` (``args``, ``returncode``, ``stdout``,
+    ``stderr``) with a ``console`` attribute.
+    """
+    out, err, con = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    user_console = kwargs.pop("console", None)
+    user_sink = _sink(user_console)
+
+    def console(data: bytes) -> None:
+        con.write(data)
+        user_sink(data)
+
+    code = run(argv, timeout=timeout, stdout=out, stderr=err, console=console, **kwargs)
+    result = KernelCompletedProcess(
         [os.fspath(a) for a in argv], code, out.getvalue().decode(errors="replace"),
         err.getvalue().decode(errors="replace"))
+    result.console = con.getvalue().decode(errors="replace")
+    return result
 
 
 def is_inside_uml() -> bool:
