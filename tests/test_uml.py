@@ -106,6 +106,20 @@ def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert uml.find_kernel("0123456789abcdef") is None
 
 
+def test_ensure_source_explains_why_it_cannot_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "linux-source-6.1.tar.xz"
+    monkeypatch.setattr(uml.shutil, "which", lambda name: None if name == "apt-get" else "/x")
+    with pytest.raises(uml.KernelSourceError, match="apt-get is not available"):
+        uml.ensure_source(missing)
+    monkeypatch.setattr(uml.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(uml.os, "geteuid", lambda: 1000)
+    with pytest.raises(uml.KernelSourceError, match="needs root"):
+        uml.ensure_source(missing)
+    assert issubclass(uml.KernelSourceError, uml.KernelBuildError)
+    assert issubclass(uml.KernelBuildError, RuntimeError)
+
+
 def test_kernel_problems_finds_splats_after_init_only() -> None:
     boot = "WARNING: at boot, not ours\nRun /tmp/x/init as init process\n"
     assert uml.kernel_problems(boot + "ordinary line\n") == ""

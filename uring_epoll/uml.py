@@ -801,6 +801,10 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
     (the whole UML process group is killed) and :class:`KernelRunError` when it stops without
     reporting a status (a panic, for instance).
     """
+    if is_inside_uml():
+        # Nested UML is unsupported, and the usual cause is a test run inside the kernel
+        # that forgot -m "not uml": say so instead of failing obscurely.
+        raise KernelRunError("already running inside User-Mode Linux: not booting another")
     kernel = build() if kernel is None else kernel
     cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
     env = dict(os.environ) if env is None else dict(env)
@@ -832,6 +836,11 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         con_r, con_w = os.pipe()
+        # con=null: every console unused unless named. Console 0 (the kernel's messages) goes to
+        # a log pipe at the default log level: no "quiet", because WARN splats are printed at
+        # KERN_WARNING, which quiet hides, and the host scans the log for them.
+        # Consoles 1 and 2 are the guest's /dev/tty1 and /dev/tty2: the command's stdout and
+        # stderr. Input is null everywhere: the guest's stdin is /dev/null.
         cmdline = [
             str(kernel.linux), f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
             f"init={init}", "con=null", f"con0=null,fd:{con_w}", f"con1=null,fd:{out_w}",
