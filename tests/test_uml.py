@@ -205,6 +205,9 @@ def test_build_applies_series_merges_config_and_publishes(fake_tree: tuple[Path,
     config = (built.src / ".config").read_text()
     assert "CONFIG_HOSTFS=y" in config and "CONFIG_FROM_SERIES=y" in config
     assert (built.include / "linux").is_dir()
+    # What was built is recorded next to it, and hashes to the key it is published under.
+    assert (built.root / "kernel_patches" / "0001-greet.patch").read_text() == GOOD_PATCH
+    assert uml.cache_key(tarball, built.root / "kernel_patches") == built.key
     assert [line.split()[-1] for line in log.read_text().splitlines()] == [
         "defconfig", "olddefconfig", "linux", "headers_install"]
     assert not list(uml.cache_root().glob(".tmp-*"))

@@ -392,12 +392,15 @@ def _check_config(config: Path, fragments: Sequence[Path], builder: _Builder) ->
 
 def _build_into(workdir: Path, tarball: Path, pdir: Path, builder: _Builder) -> None:
     jobs = str(os.cpu_count() or 1)
-    builder.step("extract", ["tar", "-xf", str(tarball), "-C", str(workdir)], cwd=workdir)
-    tops = [p for p in workdir.iterdir() if p.is_dir()]
-    if len(tops) != 1:
+    unpack = workdir / "unpack"
+    unpack.mkdir()
+    builder.step("extract", ["tar", "-xf", str(tarball), "-C", str(unpack)], cwd=workdir)
+    tops = list(unpack.iterdir())
+    if len(tops) != 1 or not tops[0].is_dir():
         raise KernelBuildError(f"{tarball} did not unpack to a single directory: {tops}")
     src = workdir / "src"
     tops[0].rename(src)
+    unpack.rmdir()
     for entry in read_series(pdir):
         builder.step(f"patch {entry.path.name}",
                      ["patch", f"-p{entry.strip}", "--forward", "--batch", "-i", str(entry.path)],
@@ -449,22 +452,27 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
             fcntl.flock(lockfile, fcntl.LOCK_EX)
         tarball = ensure_source(tarball)
         pdir = patches_dir() if pdir is None else pdir
-        key = cache_key(tarball, pdir)
-        final = root / key
-        if (final / "linux").is_file() and not force:
-            return KernelBuild(key, final)
         # Leftovers of builds that were killed: we hold the lock, so nobody is using them.
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
-        failed_log = root / f"{key}.failed.log"
+        workdir = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=root))
         try:
+            # Build from a snapshot of the series: the patches may be edited while we build,
+            # and the result must match the key it is published under. The snapshot stays
+            # in the cache as the record of what was built.
+            snapshot = _snapshot_series(pdir, workdir / "kernel_patches")
+            key = cache_key(tarball, snapshot)
+            final = root / key
+            if (final / "linux").is_file() and not force:
+                shutil.rmtree(workdir, ignore_errors=True)
+                return KernelBuild(key, final)
+            failed_log = root / f"{key}.failed.log"
             with open(workdir / "build.log", "wb") as log:
                 builder = _Builder(workdir, log, progress)
-                builder.say(f"building {key} from {tarball} with {len(read_series(pdir))} "
-                            f"patch(es) from {pdir}")
+                builder.say(f"building {key} from {tarball} with "
+                            f"{len(read_series(snapshot))} patch(es) from {pdir}")
                 try:
-                    _build_into(workdir, tarball, pdir, builder)
+                    _build_into(workdir, tarball, snapshot, builder)
                 except KernelBuildError as exc:
                     log.flush()
                     shutil.copy2(workdir / "build.log", failed_log)
@@ -474,7 +482,7 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
                 builder.say(f"built {key}")
             info = {"key": key, "tarball": str(tarball),
                     "tarball_size": tarball.stat().st_size, "patches_dir": str(pdir),
-                    "patches": [e.path.name for e in read_series(pdir)],
+                    "patches": [e.path.name for e in read_series(snapshot)],
                     "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (workdir / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
             if final.exists():  # only with force=True
@@ -486,6 +494,20 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         return KernelBuild(key, final)
+
+
+def _snapshot_series(pdir: Path, dest: Path) -> Path:
+    """Copy the series file, the patches it lists and um.config from ``pdir`` into ``dest``."""
+    dest.mkdir(parents=True)
+    entries = read_series(pdir)
+    for name in ("series", "um.config"):
+        if (pdir / name).is_file():
+            shutil.copy2(pdir / name, dest / name)
+    for entry in entries:
+        target = dest / entry.path.relative_to(pdir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(entry.path, target)
+    return dest
 
 
 def _lock_path() -> Path:
