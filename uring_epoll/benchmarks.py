@@ -23,7 +23,6 @@ import resource
 import select
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -481,16 +480,90 @@ def _fmt(value: float) -> str:
     return f"{value:.1f}"
 
 
+def plot(report: dict[str, Any], path: str) -> None:
+    """One panel per scenario: ring against baseline per comparison, log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit(
+            "--plot needs matplotlib: python3 -m pip install 'uring-epoll[plot]'"
+        ) from exc
+    scenarios = list(dict.fromkeys(r["scenario"] for r in report["results"]))
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 4.2 * len(scenarios)),
+                             squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
+        rows = [r for r in report["results"] if r["scenario"] == scenario]
+        ys = np.arange(len(rows))
+        ring = [r["ring"]["median"] for r in rows]
+        base = [r["baseline"]["median"] for r in rows]
+        ring_err = [[r["ring"]["median"] - r["ring"]["low"] for r in rows],
+                    [r["ring"]["high"] - r["ring"]["median"] for r in rows]]
+        base_err = [[r["baseline"]["median"] - r["baseline"]["low"] for r in rows],
+                    [r["baseline"]["high"] - r["baseline"]["median"] for r in rows]]
+        ax.barh(ys - 0.2, ring, 0.4, xerr=ring_err, label="first (ring)")
+        ax.barh(ys + 0.2, base, 0.4, xerr=base_err, label="second (baseline)")
+        ax.set_yticks(ys, [f"{r['label']}  ({r['ratio']:.2f}x)" for r in rows], fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(rows[0]["ring"]["unit"] if len({r["ring"]["unit"] for r in rows}) == 1
+                      else "value (see labels)")
+        ax.invert_yaxis()
+        ax.set_title(scenario)
+        ax.legend(fontsize=7)
+    env = report["environment"]
+    title = f"uring-epoll {env['uring_epoll']}: {env['kernel']}, {env['cpus']} CPUs"
+    if env.get("user_mode_linux"):
+        title += " (User-Mode Linux: compare ratios only)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _run_in_kernel(args: Any) -> dict[str, Any]:
+    """Run the same bench inside the patched User-Mode Linux; return its JSON report."""
+    import tempfile
+
+    from . import uml
+
+    forwarded = ["--quick"] if args.quick else []
+    for scenario in args.scenario or []:
+        forwarded += ["--scenario", scenario]
+    for backend in args.backend or []:
+        forwarded += ["--backend", backend]
+    forwarded += ["--producers", str(args.producers)]
+    # The guest's root is the host's filesystem, so a host path carries the report back.
+    with tempfile.TemporaryDirectory(prefix="uring-epoll-bench-", dir=os.getcwd()) as tmp:
+        out = os.path.join(tmp, "report.json")
+        argv = [sys.executable, "-m", "uring_epoll.cli", "bench", *forwarded, "--json-file", out]
+        code = uml.run(argv, timeout=3600)
+        if code != 0:
+            raise SystemExit(f"bench inside the kernel failed with exit status {code}")
+        with open(out) as f:
+            return json.load(f)
+
+
 def main(args: Any) -> int:
     """Entry point of ``uring-epoll bench``."""
     scenarios = args.scenario or ["drain", "sustained"]
-    report = run(scenarios, quick=args.quick, backends=args.backend or None,
-                 progress=Progress(not args.json), threads=args.producers)
+    if args.kernel:
+        report = _run_in_kernel(args)
+    else:
+        report = run(scenarios, quick=args.quick, backends=args.backend or None,
+                     progress=Progress(not args.json), threads=args.producers)
+    if args.json_file:
+        with open(args.json_file, "w") as f:
+            json.dump(report, f, indent=2)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(format_table(report))
+    if args.plot:
+        plot(report, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
     return 0
 
 
@@ -504,7 +577,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--producers", type=int, default=1, help="C producer threads (default 1)")
     p.add_argument("--quick", action="store_true", help="short run (smoke test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json-file", metavar="FILE", help="also write the JSON report to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="draw one panel per scenario (matplotlib)")
+    p.add_argument("--kernel", action="store_true",
+                   help="run inside the patched User-Mode Linux (kernel backend included)")
     p.set_defaults(func=main)
-
-
-_ = threading  # the consumer runs on the calling thread; producers are C threads
