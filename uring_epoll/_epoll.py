@@ -310,8 +310,8 @@ class epoll:
             raise TypeError("maxevents must be an integer")
         if maxevents != -1 and maxevents <= 0:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
-        if not self._ring:
-            return self._stdlib.poll(timeout, maxevents)
+        if not self._ring and not self._fd_of_data:
+            return self._stdlib.poll(timeout, maxevents)  # its data is the fd: no mapping
         if self._rearm:
             self._do_rearm()
         if maxevents > _MAX_EVENTS:

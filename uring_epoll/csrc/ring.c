@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sys/epoll.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -275,6 +276,30 @@ void ue_consumer_quiesce(struct ue_consumer *c)
 	}
 }
 
+/* epoll_wait into the split layout (u32 events, u64 data), through a stack buffer. */
+static long epoll_wait_split(int epfd, void *events_out, uint64_t *data_out, uint32_t maxevents,
+			     int64_t timeout_ns)
+{
+	struct epoll_event chunk[256];
+	uint32_t total = 0;
+
+	while (total < maxevents) {
+		uint32_t want = maxevents - total < 256 ? maxevents - total : 256;
+		int i, n = ue_sys_epoll_wait_ns(epfd, chunk, (int)want, total ? 0 : timeout_ns);
+
+		if (n < 0)
+			return total ? (long)total : n;
+		for (i = 0; i < n; i++) {
+			((uint32_t *)events_out)[total + i] = chunk[i].events;
+			data_out[total + i] = chunk[i].data.u64;
+		}
+		total += (uint32_t)n;
+		if ((uint32_t)n < want)
+			break;
+	}
+	return total;
+}
+
 static int ring_empty(struct ue_consumer *c)
 {
 	return __atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED) ==
@@ -300,9 +325,9 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 
 	if (c->mode == UE_WAIT_EPOLL) {
 		/* The baseline backend: no ring, epoll_wait writes the packed events itself. */
-		if (data_out)
-			return -EINVAL;
-		return ue_sys_epoll_wait_ns(c->epfd, out, (int)maxevents, timeout_ns);
+		if (!data_out)
+			return ue_sys_epoll_wait_ns(c->epfd, out, (int)maxevents, timeout_ns);
+		return epoll_wait_split(c->epfd, out, data_out, maxevents, timeout_ns);
 	}
 	if (!maxevents)
 		return -EINVAL;
