@@ -55,6 +55,7 @@ struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t i
 int ue_emu_start(struct ue_emu *emu);
 int ue_emu_ctl(struct ue_emu *emu, int op, int fd, uint32_t events, uint64_t data);
 int ue_emu_inject(struct ue_emu *emu, int fd, uint32_t events);
+int ue_emu_sync(struct ue_emu *emu);
 int ue_emu_inner_fd(struct ue_emu *emu);
 int ue_emu_thread_error(struct ue_emu *emu);
 uint64_t ue_emu_published(struct ue_emu *emu);

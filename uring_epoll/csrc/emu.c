@@ -516,6 +516,22 @@ int ue_emu_inject(struct ue_emu *e, int fd, uint32_t events)
 	return ret;
 }
 
+/*
+ * Publish everything the inner epoll already holds, from the caller's thread. The kernel
+ * publishes inside the waker's own system call; the poller thread publishes a little later.
+ * A consumer about to report "nothing ready" calls this first, so that an event whose write
+ * returned before poll(0) was called is never missed.
+ */
+int ue_emu_sync(struct ue_emu *e)
+{
+	int ret;
+
+	pthread_mutex_lock(&e->lock);
+	ret = harvest_locked(e);
+	pthread_mutex_unlock(&e->lock);
+	return ret;
+}
+
 int ue_emu_inner_fd(struct ue_emu *e)
 {
 	return e->inner_epfd;

@@ -306,7 +306,7 @@ static int ring_empty(struct ue_consumer *c)
 	       __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
 }
 
-/* Futex wait on the emulator's tail word; the emulator's producer side is in emu.c. */
+/* The emulator's side of waiting (emu.c): futex on its tail word. */
 int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
 		 const int *closing);
 
@@ -321,6 +321,7 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 		       int64_t timeout_ns)
 {
 	uint64_t deadline = 0, now;
+	int synced = 0;
 	long n;
 
 	if (c->mode == UE_WAIT_EPOLL) {
@@ -340,8 +341,16 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 		n = ue_drain(c, out, data_out, maxevents);
 		if (n != 0)
 			return n;
-		if (timeout_ns == 0)
-			return 0;
+		if (timeout_ns == 0) {
+			if (c->mode != UE_WAIT_FUTEX || synced)
+				return 0;
+			/* Emulator: take what the poller thread has not published yet. */
+			synced = 1;
+			n = ue_emu_sync(c->emu);
+			if (n < 0)
+				return n;
+			continue;
+		}
 		if (c->spin_ns) {
 			uint64_t spin_end = now_ns() + c->spin_ns;
 
