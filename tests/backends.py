@@ -1,0 +1,51 @@
+"""Which backends the parametrised tests in test_abi/test_ring_drain/test_epoll_api/test_parity/
+test_load run on, and how big the load is.
+
+- Every backend ``uring_epoll.available_backends()`` reports is tested ("thread" and "epoll" on
+  any kernel, "kernel" inside the patched User-Mode Linux).
+- ``URING_EPOLL_REQUIRE_KERNEL=1``: "kernel" is put in the list even when the probe says it is
+  unavailable, so every kernel-parametrised test *fails* (with the probe's reason) instead of
+  the run quietly testing less; ``test_abi.py::test_required_kernel_backend_is_available``
+  fails on its own as well.
+- ``URING_EPOLL_IN_UML=1``: system calls cost ~60x more, so load sizes shrink by
+  :data:`LOAD_SCALE` (the assertions stay the same).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import uring_epoll
+
+IN_UML = os.environ.get("URING_EPOLL_IN_UML", "") not in ("", "0")
+REQUIRE_KERNEL = os.environ.get("URING_EPOLL_REQUIRE_KERNEL", "") not in ("", "0")
+#: Divide load sizes by this inside User-Mode Linux.
+LOAD_SCALE = 50 if IN_UML else 1
+
+AVAILABLE: list[str] = uring_epoll.available_backends()
+
+
+def _with_required(names: list[str]) -> list[str]:
+    if REQUIRE_KERNEL and "kernel" not in names:
+        return ["kernel", *names]
+    return list(names)
+
+
+#: Every backend to test, best first.
+ALL: list[str] = _with_required(AVAILABLE)
+#: The backends with a shared ring (everything but "epoll").
+RINGS: list[str] = [name for name in ALL if name != "epoll"]
+
+all_backends = pytest.mark.parametrize("backend", ALL)
+ring_backends = pytest.mark.parametrize("backend", RINGS)
+
+
+def scaled(n: int, minimum: int = 1) -> int:
+    """*n* divided by :data:`LOAD_SCALE`, at least *minimum*."""
+    return max(minimum, n // LOAD_SCALE)
+
+
+def kernel_missing_reason() -> str:
+    return uring_epoll.backend_status()["kernel"].reason
