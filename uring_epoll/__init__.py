@@ -7,7 +7,7 @@ a busy loop drains events without a system call.
 
 from __future__ import annotations
 
-from . import abi
+from . import abi, vpoll
 from ._epoll import PollStats, epoll
 from .abi import (
     EPOLL_CLOEXEC,
@@ -61,4 +61,5 @@ __all__ = [
     "available_backends",
     "backend_status",
     "epoll",
+    "vpoll",
 ]
