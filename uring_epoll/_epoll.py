@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import math
+import operator
 import os
 import select
 import threading
@@ -73,8 +74,10 @@ def _timeout_ns(timeout: Any) -> int:
     if isinstance(timeout, float) and math.isnan(timeout):
         raise ValueError("Invalid value NaN (not a number)")
     try:
-        seconds = float(timeout)
-    except (TypeError, ValueError):
+        # Like CPython's _PyTime_FromSecondsObject: a float, or an int (via __index__); never
+        # a str or bytes that float() would parse.
+        seconds = float(timeout) if isinstance(timeout, float) else operator.index(timeout)
+    except TypeError:
         raise TypeError("timeout must be an integer or None") from None
     if seconds < 0:
         return -1

@@ -56,6 +56,7 @@ class KernelBackend(RingBackend):
                 f"the kernel backend speaks protocol 5 only (got {protocol}); "
                 "protocol 3 is available on the thread backend"
             )
+        owned = epfd is None  # a caller's fd (fromfd) is never closed here on failure
         if epfd is None:
             number, why = probe.kernel_userpoll_syscall()
             if number is None:
@@ -70,7 +71,8 @@ class KernelBackend(RingBackend):
             header, index = map_userpoll(epfd)
             self._attach(header, index, protocol, lib.UE_WAIT_KERNEL, epfd, None, spin_ns)
         except BaseException:
-            os.close(epfd)
+            if owned:
+                os.close(epfd)
             raise
 
     def fileno(self) -> int:
