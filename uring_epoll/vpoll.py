@@ -327,7 +327,7 @@ class _Device:
     }
 
     def __init__(self, events: int) -> None:
-        self.fd = os.open(VPOLL_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        self.fd = os.open(VPOLL_DEVICE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             if events:
                 self.ctl(VPOLL_CTL_SET, events)
