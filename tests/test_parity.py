@@ -187,7 +187,7 @@ def test_known_sequences(backend: str, sequence) -> None:
 
 @pytest.mark.parametrize("backend", RINGS)
 @settings(
-    max_examples=max(15, 60 // max(1, LOAD_SCALE // 10)),
+    max_examples=60 if LOAD_SCALE == 1 else 30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
