@@ -420,6 +420,23 @@ class TestObject:
         finally:
             std.close()
 
+    def test_fromfd_of_our_own_fd(self, backend, efd) -> None:
+        """A userpoll epfd comes back as the kernel backend over the same ring; anything else
+        (the thread backend's inner epoll, an epoll backend's fd) as the epoll backend."""
+        with uring_epoll.epoll(backend=backend, max_items=7) as ep:
+            ep.register(efd, ET_IN)
+            with uring_epoll.epoll.fromfd(os.dup(ep.fileno())) as again:
+                if backend == "kernel":
+                    assert again.backend == "kernel" and again.max_items == 7
+                    assert int(again.header["max_items_nr"]) == 7
+                    os.eventfd_write(efd, 1)
+                    assert again.poll(2) == [(efd, EPOLLIN)]  # the same ring, drained here
+                else:
+                    assert again.backend == "epoll"
+            os.fstat(ep.fileno())  # closing the wrapper closed its dup only
+            os.eventfd_write(efd, 1)
+            assert ep.poll(2) == [(efd, EPOLLIN)]
+
     def test_fromfd_takes_objects_with_fileno(self, backend) -> None:
         std = select.epoll()
 

@@ -60,14 +60,14 @@ ops = st.one_of(
 class World:
     """The fds, one select.epoll and one uring_epoll.epoll over them."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, protocol: int = 5) -> None:
         self.fds: list[int] = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                                for _ in EVENTFDS]
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fds += [r, w]
         self.role = {fd: i for i, fd in enumerate(self.fds)}
         self.std = select.epoll()
-        self.ours = uring_epoll.epoll(backend=backend, max_items=NFDS)
+        self.ours = uring_epoll.epoll(backend=backend, max_items=NFDS, protocol=protocol)
         self.log: list[str] = []
 
     def close(self) -> None:
@@ -152,12 +152,16 @@ class World:
 
 
 def run_sequence(backend: str, sequence: list[tuple[str, int, int]]) -> None:
-    world = World(backend)
+    name, _, protocol = backend.partition("-p")
+    world = World(name, int(protocol or 5))
     try:
         world.run(sequence)
     finally:
         world.close()
 
+
+#: The ring backends, plus the thread backend speaking protocol 3 ("thread-p3").
+VARIANTS = [*RINGS, "thread-p3"] if "thread" in RINGS else list(RINGS)
 
 KNOWN = [
     # Every mode on the eventfds, produce/consume/modify/unregister in between.
@@ -179,13 +183,13 @@ KNOWN = [
 ]
 
 
-@pytest.mark.parametrize("backend", RINGS)
+@pytest.mark.parametrize("backend", VARIANTS)
 @pytest.mark.parametrize("sequence", KNOWN, ids=[f"known{i}" for i in range(len(KNOWN))])
 def test_known_sequences(backend: str, sequence) -> None:
     run_sequence(backend, sequence)
 
 
-@pytest.mark.parametrize("backend", RINGS)
+@pytest.mark.parametrize("backend", VARIANTS)
 @settings(
     max_examples=60 if LOAD_SCALE == 1 else 30,
     deadline=None,
