@@ -913,3 +913,59 @@ def test_parent_object_in_a_fork_child_raises_runtime_error(backend, efd, call) 
         assert ep.poll(2) == [(efd, EPOLLIN)]
     finally:
         ep.close()
+
+
+# ---- a registered fd closed without unregister ---------------------------------------------
+# The kernel removes an epoll registration when the file is closed (eventpoll_release), with
+# DEL's semantics on a userpoll epfd: a pending entry becomes EPOLLREMOVED and the slot is free.
+
+
+@all_backends
+def test_pending_entry_of_a_closed_fd_is_not_delivered(backend) -> None:
+    with uring_epoll.epoll(backend=backend) as ep, select.epoll() as std:
+        fd = os.eventfd(0, os.EFD_NONBLOCK)
+        for e in (ep, std):
+            e.register(fd, ET_IN)
+        os.eventfd_write(fd, 1)
+        if ep.header is not None:
+            wait_published(ep)
+        os.close(fd)  # no unregister
+        assert std.poll(0) == []
+        assert ep.poll(0) == []  # an event for a closed fd would name a dead (or reused) fd
+
+
+@ring_backends
+def test_closing_a_registered_fd_frees_its_slot(backend) -> None:
+    """More than max_items *registrations* give ENOSPC; a closed file is no longer one."""
+    with uring_epoll.epoll(backend=backend, max_items=1) as ep:
+        first = os.eventfd(0, os.EFD_NONBLOCK)
+        second = os.eventfd(0, os.EFD_NONBLOCK)  # another number than first's
+        try:
+            ep.register(first, ET_IN)
+            os.close(first)
+            first = -1
+            ep.register(second, ET_IN)
+            os.eventfd_write(second, 1)
+            assert ep.poll(2) == [(second, EPOLLIN)]
+        finally:
+            for fd in (first, second):
+                if fd >= 0:
+                    os.close(fd)
+
+
+@all_backends
+@pytest.mark.xfail(strict=True, reason="epoll keeps the data of a registration whose file was "
+                   "closed (the kernel dropped it) and refuses to give it to another fd")
+def test_data_of_a_closed_registration_can_be_reused(backend) -> None:
+    with uring_epoll.epoll(backend=backend) as ep:
+        a = os.eventfd(0, os.EFD_NONBLOCK)
+        b = os.eventfd(0, os.EFD_NONBLOCK)
+        try:
+            ep.register(a, ET_IN, data=5)
+            os.close(a)
+            a = -1
+            ep.register(b, ET_IN, data=5)
+        finally:
+            for fd in (a, b):
+                if fd >= 0:
+                    os.close(fd)
