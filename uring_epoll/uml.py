@@ -71,6 +71,7 @@ __all__ = [
     "run",
     "run_capture",
     "selftest_sources",
+    "selftest_verdict",
 ]
 
 #: Overrides the location of the patch series (default: ``kernel_patches/`` of the checkout).
@@ -1010,6 +1011,37 @@ def selftest_sources(kernel: KernelBuild) -> list[Path]:
     return sorted((kernel.src / SELFTEST_DIR).glob("*.c"))
 
 
+# Cases of the stock 6.1 epoll selftest that cannot finish on User-Mode Linux: UML is
+# uniprocessor (no SMP before 6.16) and these hand a counter back and forth between busy-waiting
+# threads (epoll59: 100000 round trips, each needing a timer-tick preemption; epoll60: a 1 s
+# spin per round while the waiters it spins for cannot run). The harness ends them after 30 s.
+# They are tolerated only when they fail that way; kernel_patches/README.md records the same
+# result for the unpatched UML build.
+UML_UNRUNNABLE: dict[str, frozenset[str]] = {
+    "epoll_wakeup_test.c": frozenset({"global.epoll59", "global.epoll60"}),
+}
+
+
+def selftest_verdict(name: str, result: subprocess.CompletedProcess[str]) -> str | None:
+    """None when the kselftest ``name`` passed (allowing only :data:`UML_UNRUNNABLE` cases
+    that ended by the harness timeout), else a one-line reason. Kernel splats also fail."""
+    problems = kernel_problems(getattr(result, "console", ""))
+    if problems:
+        return "the kernel reported a problem: " + problems.splitlines()[0]
+    if result.returncode == 0:
+        return None
+    failed = set(re.findall(r"^not ok \d+ (\S+)", result.stdout, re.M))
+    timed_out = {t if "." in t else f"global.{t}"
+                 for t in re.findall(r"^# (\S+): Test terminated by timeout",
+                                     result.stdout + result.stderr, re.M)}
+    tolerated = UML_UNRUNNABLE.get(name, frozenset())
+    if failed and failed <= tolerated and failed <= timed_out:
+        return None
+    return (f"exit {result.returncode}; failed cases: {', '.join(sorted(failed)) or 'none'}"
+            + (f" (tolerated on UML only by timeout: {', '.join(sorted(tolerated))})"
+               if tolerated else ""))
+
+
 def compile_selftest(source: Path, kernel: KernelBuild, outdir: Path) -> Path:
     """Compile one selftest standalone against the build's exported headers; return the binary.
 
@@ -1136,9 +1168,19 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
                 failed.append(source.name)
                 continue
             print(f"--- {source.name}", flush=True)
-            code = _run_cli([str(binary)], args, cwd=tmp)
-            print(f"--- {source.name}: exit {code}", flush=True)
-            if code != 0:
+            try:
+                result = run_capture([str(binary)], timeout=args.timeout, mem=args.mem,
+                                     cwd=tmp, kernel=kernel,
+                                     console=sys.stderr if args.console else None)
+            except KernelRunError as exc:
+                print(f"--- {source.name}: {exc}", file=sys.stderr)
+                failed.append(source.name)
+                continue
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            verdict = selftest_verdict(source.name, result)
+            print(f"--- {source.name}: exit {result.returncode}: {verdict or 'ok'}", flush=True)
+            if verdict is not None:
                 failed.append(source.name)
     print(f"{len(sources) - len(failed)}/{len(sources)} selftests passed"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
