@@ -317,9 +317,11 @@ class epoll:
             return self._stdlib.poll(timeout, maxevents)  # its data is the fd: no mapping
         if self._rearm:
             self._do_rearm()
+        if maxevents > 2**31 - 1:  # what select.epoll says for a value beyond a C int
+            raise OverflowError("Python int too large to convert to C int")
         if maxevents > _MAX_EVENTS:
             raise ValueError(f"maxevents is too large ({maxevents} > {_MAX_EVENTS})")
-        count = _FD_SETSIZE - 1 if maxevents == -1 else maxevents
+        count = _FD_SETSIZE - 1 if maxevents == -1 else int(maxevents)  # int(): True is 1
         if self._pairs_lock.acquire(False):
             try:
                 if self._pairs_key != maxevents:
