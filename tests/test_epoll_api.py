@@ -169,6 +169,18 @@ class TestSameExceptionsAsSelectEpoll:
         assert ours.poll(0, -1) == std.poll(0, -1) == []
         assert ours.poll(0, 1) == std.poll(0, 1) == []
 
+    @pytest.mark.parametrize("maxevents", [None, 1.5, "3", True, 2**31, 2**63])
+    def test_maxevents_odd_values(self, backend, pair, maxevents) -> None:
+        """Types and overflow as the stdlib (bool is an int; beyond a C int: OverflowError)."""
+        ours, std = pair
+        try:
+            expected = std.poll(0, maxevents)
+        except Exception as exc:
+            got = raised(lambda: ours.poll(0, maxevents))
+            assert type(got) is type(exc), (got, exc)
+        else:
+            assert ours.poll(0, maxevents) == expected
+
     def test_sizehint(self, backend) -> None:
         for sizehint in (0, -2):
             exc = same_error(lambda s=sizehint: uring_epoll.epoll(s, backend=backend),
