@@ -225,3 +225,56 @@ def test_the_documented_difference_is_real() -> None:
                     assert exc.errno == errno.EAGAIN
         finally:
             os.close(fd)
+
+
+def _pipe_writer_closed():
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    return r, [r], lambda: os.close(w)
+
+
+def _socket_peer_shut_wr():
+    import socket
+
+    a, b = socket.socketpair()
+    return a.fileno(), [a, b], lambda: b.shutdown(socket.SHUT_WR)
+
+
+def _socket_peer_closed():
+    import socket
+
+    a, b = socket.socketpair()
+    return a.fileno(), [a, b], b.close
+
+
+HANGUPS = {"pipe-writer-closed": _pipe_writer_closed,
+           "socket-peer-shut-wr": _socket_peer_shut_wr,
+           "socket-peer-closed": _socket_peer_closed}
+
+
+@pytest.mark.parametrize("backend", RINGS)
+@pytest.mark.parametrize("mode", [EPOLLET, 0, EPOLLET | select.EPOLLRDHUP],
+                         ids=["ET", "LT", "ET-RDHUP"])
+@pytest.mark.parametrize("scenario", list(HANGUPS))
+def test_hangup_bits_match_select_epoll(backend: str, mode: int, scenario: str) -> None:
+    """Hang-ups and shutdowns wake the file's wait queue without a key (sock_def_wakeup,
+    pipe_release): the bits the ring reports must still be the ones epoll_wait reports --
+    in particular no EPOLLERR that nothing raised, and no HUP for a half-closed socket,
+    which an event loop would take as "tear the connection down" before reading the rest."""
+    fd, keep, hang_up = HANGUPS[scenario]()
+    try:
+        with uring_epoll.epoll(backend=backend) as ours, select.epoll() as std:
+            for ep in (ours, std):
+                ep.register(fd, EPOLLIN | mode)
+            hang_up()
+            sync = getattr(ours._backend, "sync", None)
+            if sync is not None:
+                sync()
+            expected = std.poll(0)
+            assert expected, "select.epoll reports the hang-up"
+            assert ours.poll(2) == expected
+    finally:
+        for obj in keep:
+            if isinstance(obj, int):
+                os.close(obj)
+            else:
+                obj.close()
