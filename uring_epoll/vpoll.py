@@ -351,6 +351,7 @@ class _Device:
 
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL  # never block, never SIGPIPE
 _FILL_CHUNK = b"\0" * 1024
+_DRAIN_SIZE = 1 << 16
 _MAX_LOOPS = 100_000  # the buffers hold a few KiB: hitting this means something is wrong
 
 
@@ -420,10 +421,14 @@ class _Emulation:
 
     @staticmethod
     def _drain(s: socket.socket) -> None:
+        # One recv takes everything queued (a stream recv walks all queued skbs up to the size
+        # asked; the queues hold a few KiB). Stop at the first short read, never "until
+        # EAGAIN": another process sharing the fds (the demo's forked parent) may be refilling
+        # the queue to clear OUT, and reading on would undo its change again and again.
         for _ in range(_MAX_LOOPS):
             try:
-                if not s.recv(65536, socket.MSG_DONTWAIT):
-                    return  # end of stream
+                if len(s.recv(_DRAIN_SIZE, socket.MSG_DONTWAIT)) < _DRAIN_SIZE:
+                    return
             except BlockingIOError:
                 return
         raise OSError(errno.EIO, "vpoll emulation: a socket never ran dry")
