@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import pytest
-from backends import all_backends, scaled
+from backends import ALL, scaled
 
 import uring_epoll
 from uring_epoll._native_lib import ffi, lib, os_error
@@ -95,12 +95,22 @@ def settle(consumer: Consumer, written: int, nfds: int, ring: bool) -> None:
         assert stale == 0  # epoll_wait re-polls each file when it delivers
 
 
-@all_backends
+#: Every backend, plus the thread backend speaking protocol 3 (its consumer waits for
+#: reserved-but-unwritten index slots, which only contention exercises).
+VARIANTS = [*ALL, "thread-p3"] if "thread" in ALL else list(ALL)
+
+
+def open_epoll(variant: str, max_items: int) -> uring_epoll.epoll:
+    name, _, protocol = variant.partition("-p")
+    return uring_epoll.epoll(backend=name, max_items=max_items, protocol=int(protocol or 5))
+
+
+@pytest.mark.parametrize("backend", VARIANTS)
 @pytest.mark.parametrize("max_items", [NFDS, 65536])
 def test_every_write_is_accounted_for(backend: str, eventfds: list[int], max_items) -> None:
     expected = THREADS * WRITES_PER_THREAD
     fd_array = np.array(eventfds, dtype=np.int32)
-    with uring_epoll.epoll(backend=backend, max_items=max_items) as ep:
+    with open_epoll(backend, max_items) as ep:
         for fd in eventfds:
             ep.register(fd, select.EPOLLIN | select.EPOLLET)
         consumer = Consumer(ep)
@@ -151,14 +161,14 @@ def test_every_write_is_accounted_for(backend: str, eventfds: list[int], max_ite
         assert os.eventfd_read(eventfds[7]) == 3
 
 
-@all_backends
+@pytest.mark.parametrize("backend", VARIANTS)
 def test_producers_on_few_fds_with_blocking_polls(backend: str, nofile) -> None:
     """Four threads hammering 4 eventfds: heavy coalescing, the consumer sleeping in between."""
     fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(4)]
     try:
         fd_array = np.array(fds, dtype=np.int32)
         per_thread = scaled(200_000, minimum=2_000)
-        with uring_epoll.epoll(backend=backend, max_items=4) as ep:
+        with open_epoll(backend, 4) as ep:
             for fd in fds:
                 ep.register(fd, select.EPOLLIN | select.EPOLLET)
             consumer = Consumer(ep, batch=2)  # smaller than the number of fds
