@@ -151,6 +151,25 @@ class TestSameExceptionsAsSelectEpoll:
                              lambda n=name, a=args: getattr(std, n)(*a))
             assert type(exc) is ValueError, name
 
+    def test_registering_itself_is_einval(self, backend, pair) -> None:
+        ours, std = pair
+        exc = same_error(lambda: ours.register(ours.fileno(), ET_IN),
+                         lambda: std.register(std.fileno(), ET_IN))
+        assert exc.errno == errno.EINVAL
+
+    def test_empty_mask_then_modify(self, backend, pair) -> None:
+        ours, std = pair
+        fd = os.eventfd(1, os.EFD_NONBLOCK)
+        try:
+            for ep in (ours, std):
+                ep.register(fd, 0)
+            assert ours.poll(0.05) == std.poll(0) == []
+            for ep in (ours, std):
+                ep.modify(fd, ET_IN)
+            assert ours.poll(2) == std.poll(0) == [(fd, EPOLLIN)]
+        finally:
+            os.close(fd)
+
     def test_non_fd_objects_are_type_error(self, backend, pair) -> None:
         ours, std = pair
         for bad in ("3", 1.5, None, object()):
