@@ -410,7 +410,8 @@ def test_wakes_a_blocked_waiter(source: VPoll) -> None:
 @pytest.mark.parametrize("backend", RING_BACKENDS)
 def test_uring_epoll(source: VPoll, backend: str) -> None:
     with uring_epoll.epoll(backend=backend) as ep:
-        ep.register(source, ALL_INTEREST)
+        # Not PRI: see test_kernel_ring_reports_socket_wake_keys for the emulation's case.
+        ep.register(source, IN | OUT | ERR | HUP | RDHUP)
         assert ep.poll(0) == []
         source.add(IN)
         assert ep.poll(1) == [(source.fileno(), IN)]
@@ -599,3 +600,23 @@ def test_functional_refuses_a_foreign_fd() -> None:
 def test_functional_works_on_an_object_fd(source: VPoll) -> None:
     assert vp.vpoll_ctl(source.fileno(), vp.VPOLL_CTL_ADD, IN) == IN
     assert source.events == IN
+
+
+def test_kernel_ring_reports_socket_wake_keys() -> None:
+    """The emulation is a socket, and the kernel ring carries the wake-up's key, not a re-poll.
+
+    A unix socket's data wake-up key is IN|PRI|RDNORM|RDBAND and its shutdown wake-up has no
+    key at all (the ring then reports every registered event), so through the kernel ring the
+    emulation shows PRI with IN and 0x201f at the hangup where epoll_wait shows 0x1 and 0x2011.
+    The kernel forms wake with their exact set and are not affected.
+    """
+    if "kernel" not in RING_BACKENDS:
+        pytest.skip("needs the kernel ring backend")
+    with VPoll(0, "emulation") as v, uring_epoll.epoll(backend="kernel") as ep:
+        ep.register(v, ALL_INTEREST)
+        v.add(IN)
+        assert ep.poll(1) == [(v.fileno(), IN | PRI)]
+        v.delete(IN)
+        assert ep.poll(0) == []
+        v.add(HUP)
+        assert ep.poll(1) == [(v.fileno(), ALL_INTEREST)]
