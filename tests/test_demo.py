@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,6 +112,23 @@ def test_cli_demo_fast() -> None:
         return result.returncode
 
     run_and_check(run, expected("emulation", backend))
+
+
+def test_console_script_demo_fast() -> None:
+    """The installed ``uring-epoll`` command itself."""
+    exe = shutil.which("uring-epoll")
+    if exe is None:
+        pytest.skip("the uring-epoll console script is not installed (pip install -e .)")
+    backend = RING_BACKENDS[0]
+
+    def run(out: StampedOut) -> int:
+        result = subprocess.run([exe, "demo", "--fast", "--backend", backend],
+                                capture_output=True, text=True, timeout=60)
+        out.write(result.stdout)
+        out.stamps.append(result.stderr)
+        return result.returncode
+
+    run_and_check(run, expected(vp.resolve_impl(None), backend))
 
 
 def test_cli_demo_help() -> None:

@@ -280,16 +280,13 @@ def resolve_impl(impl: str | None = None) -> str:
 
 
 def describe_implementations() -> str:
-    """One line for ``uring-epoll info``: what auto picks and why the others are out."""
-    parts = []
-    for status in implementation_status().values():
-        parts.append(status.name if status.available else f"{status.name} ({status.reason})")
+    """One line for ``uring-epoll info``: what is used here, and why the others are not."""
     try:
         chosen = resolve_impl(None)
     except (OSError, ValueError) as exc:
         chosen = f"error: {exc}"
-    return f"{chosen} [available: {', '.join(available_implementations())}; " \
-           f"order: {'; '.join(parts)}]"
+    out = [s for s in implementation_status().values() if not s.available]
+    return chosen + "".join(f"; {s.name} unavailable: {s.reason}" for s in out)
 
 
 # --------------------------------------------------------------------------------------------
