@@ -469,10 +469,18 @@ class epoll:
             )
         owner = self._fd_of_data.get(data, data if data in self._data_of_fd else None)
         if owner is not None and owner != fd and self._data_of_fd.get(owner) == data:
-            raise ValueError(f"data {data} is already used by fd {owner} on this epoll object")
+            if owner in self._backend.live_fds():
+                raise ValueError(
+                    f"data {data} is already used by fd {owner} on this epoll object")
+            self._drop_closed(owner)  # its file was closed: the kernel dropped it
         level = not eventmask & abi.EPOLLET
         mask = eventmask | abi.EPOLLET if self._ring else eventmask
-        self._backend.ctl(op, fd, mask, data)
+        try:
+            self._backend.ctl(op, fd, mask, data)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self._reclaim_closed():
+                raise
+            self._backend.ctl(op, fd, mask, data)  # room again after closed files went
         # Only now that the kernel agreed: update what poll() needs to name fds.
         if old_data is not None and old_data != fd:
             self._fd_of_data.pop(old_data, None)
@@ -484,6 +492,17 @@ class epoll:
         else:
             self._lt.pop(fd, None)
         self._update_paths()
+
+    def _reclaim_closed(self) -> bool:
+        """Forget registrations whose files were closed without unregister; True if any."""
+        stale = set(self._data_of_fd) - self._backend.live_fds()
+        for fd in stale:
+            self._drop_closed(fd)
+        return bool(stale)
+
+    def _drop_closed(self, fd: int) -> None:
+        self._backend.forget(fd)
+        self._forget(fd)
 
     def _forget(self, fd: int) -> None:
         data = self._data_of_fd.pop(fd, None)

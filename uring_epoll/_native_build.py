@@ -56,6 +56,7 @@ int ue_emu_start(struct ue_emu *emu);
 int ue_emu_ctl(struct ue_emu *emu, int op, int fd, uint32_t events, uint64_t data);
 int ue_emu_inject(struct ue_emu *emu, int fd, uint32_t events);
 int ue_emu_sync(struct ue_emu *emu);
+int ue_emu_forget(struct ue_emu *emu, int fd);
 int ue_emu_inner_fd(struct ue_emu *emu);
 int ue_emu_thread_error(struct ue_emu *emu);
 uint64_t ue_emu_published(struct ue_emu *emu);

@@ -34,6 +34,13 @@ class Backend:
     def stats(self) -> dict[str, int]:
         return {}
 
+    def live_fds(self) -> set[int]:
+        """The fds the kernel still holds registrations for (a closed file's go with it)."""
+        return registered_fds(self.fileno())
+
+    def forget(self, fd: int) -> None:
+        """Drop our own record of *fd*'s registration after its file was closed."""
+
 
 class RingBackend(Backend):
     """A ring (header + items + index) and the C consumer draining it."""
@@ -148,6 +155,20 @@ class RingBackend(Backend):
         self._keepalive = []
         self._header_map = None
         self._index_map = None
+
+
+def registered_fds(epfd: int) -> set[int]:
+    """The target fds of an epoll fd's registrations, from /proc/self/fdinfo (no side effect).
+
+    The kernel removes a registration when its file is closed; this is the one way to see
+    that from user space without touching the registration itself.
+    """
+    fds = set()
+    with open(f"/proc/self/fdinfo/{epfd}") as f:
+        for line in f:
+            if line.startswith("tfd:"):
+                fds.add(int(line.split()[1]))
+    return fds
 
 
 def anonymous_shared(length: int) -> mmap.mmap:

@@ -62,6 +62,10 @@ class ThreadBackend(RingBackend):
         if err:
             raise OSError(err, f"the poller thread stopped: {errno.errorcode.get(err, err)}")
 
+    def forget(self, fd: int) -> None:
+        # The producer's table still maps fd to a slot; free it as the kernel would have.
+        lib.ue_emu_forget(self.emu, fd)
+
     def inject(self, fd: int, events: int) -> None:
         """Publish *events* for *fd* as the poller would on a wake-up (tests, benchmarks)."""
         ret = lib.ue_emu_inject(self.emu, fd, events)

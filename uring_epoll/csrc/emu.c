@@ -532,6 +532,25 @@ int ue_emu_sync(struct ue_emu *e)
 	return ret;
 }
 
+/*
+ * Drop the registration of fd, whose file the caller found closed (the inner epoll no longer
+ * lists it): the kernel would have removed it on close, with EPOLLREMOVED for a pending
+ * entry. Returns -ENOENT if fd has no slot.
+ */
+int ue_emu_forget(struct ue_emu *e, int fd)
+{
+	int slot, ret = 0;
+
+	pthread_mutex_lock(&e->lock);
+	slot = slot_lookup(e, fd);
+	if (slot < 0)
+		ret = -ENOENT;
+	else
+		release_slot(e, (uint32_t)slot);
+	pthread_mutex_unlock(&e->lock);
+	return ret;
+}
+
 int ue_emu_inner_fd(struct ue_emu *e)
 {
 	return e->inner_epfd;

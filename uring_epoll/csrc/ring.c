@@ -182,7 +182,7 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 			}
 			slot = v - 1;
 			if (slot >= r->max_items) {
-				mark_bad(c, 1, head, v);
+				mark_bad(c, 1, head, slot);
 				ret = -EBADMSG;
 				break;
 			}
