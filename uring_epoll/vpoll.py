@@ -34,6 +34,8 @@ Three implementations, auto-detected once per process in this order:
     child) or by the user: a user who reads the byte from their end clears EPOLLIN (the next
     ADD of EPOLLIN puts one back), and bytes the user writes to their end are discarded by the
     next ADD of EPOLLOUT. :attr:`VPoll.events` is read back from the socket with ``poll()``.
+    The per-object lock serialises threads, not processes: two processes changing one fd at
+    the same instant can interleave, and the next change restores the requested state.
 
     Edge-triggered watchers see a wake-up only when the state changes; the kernel forms wake
     them on every successful command.
@@ -586,8 +588,12 @@ class VPoll:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
-            self.close()
+            text = f"unclosed {self!r}"
+            try:
+                self.close()
+                warnings.warn(text, ResourceWarning, stacklevel=2, source=self)
+            except Exception:  # interpreter shutdown: module globals may be gone already
+                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
