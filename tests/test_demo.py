@@ -11,13 +11,17 @@ import time
 from collections.abc import Callable
 
 import pytest
-from backend_params import ALL as RING_BACKENDS
 
+import uring_epoll
 from uring_epoll import demo
 from uring_epoll import vpoll as vp
 
 REQUIRE_KERNEL = os.environ.get("URING_EPOLL_REQUIRE_KERNEL", "") not in ("", "0")
 T = "timeout..."
+#: Ring backends to run the demo on (see test_vpoll.RING_BACKENDS).
+RING_BACKENDS = uring_epoll.available_backends()
+if REQUIRE_KERNEL and "kernel" not in RING_BACKENDS:
+    RING_BACKENDS.insert(0, "kernel")
 
 #: Every step is raised half a tick after the second of two ticks: two timeouts, then the event.
 KERNEL_LINES = [line for ev in ("1", "1", "3", "2", "4", "10")
