@@ -302,12 +302,13 @@ def _consume_for(
 
 
 @contextmanager
-def c_producers(fds: list[int], threads: int, value: int = 1) -> Iterator[Any]:
-    """C threads writing *value* to the fds round-robin until the block ends."""
+def c_producers(fds: list[int], threads: int, value: int = 1, mode: int = 0) -> Iterator[Any]:
+    """C threads driving the fds round-robin until the block ends: mode 0 writes *value* as a
+    u64 (eventfd, EFD_VPOLL command), mode 1 is ioctl(fd, value >> 32, value & 0xffffffff)."""
     array = np.array(fds, dtype=np.int32)
     err = ffi.new("int *")
     group = lib.ue_producers_start(
-        ffi.cast("int *", ffi.from_buffer(array)), len(fds), threads, 0, value, 0, err
+        ffi.cast("int *", ffi.from_buffer(array)), len(fds), threads, 0, value, mode, err
     )
     if group == ffi.NULL:
         raise os_error(err[0], "starting producer threads")
@@ -322,11 +323,44 @@ def c_producers(fds: list[int], threads: int, value: int = 1) -> Iterator[Any]:
             raise os_error(ret, "producer thread")
 
 
+@contextmanager
+def event_sources(kind: str, count: int) -> Iterator[tuple[list[int], int, int]]:
+    """*count* fds for C producer threads: (fds, value, mode) for :func:`c_producers`.
+
+    ``eventfd`` writes 1; ``vpoll`` uses the kernel vpoll forms, whose every ADD wakes
+    watchers with the whole set (EFD_VPOLL: an 8-byte ADD command; /dev/vpoll: the ADD
+    ioctl). The emulation cannot be driven from C threads (its state lives in a socketpair
+    managed under a Python lock), so it is refused with the reason.
+    """
+    if kind == "eventfd":
+        with eventfds(count) as fds:
+            yield fds, 1, 0
+        return
+    from . import vpoll
+
+    sources = [vpoll.VPoll(0) for _ in range(count)]
+    try:
+        impl = sources[0].impl
+        if impl == "eventfd":
+            yield [s.fileno() for s in sources], vpoll.EFD_VPOLL_ADDEVENTS | select.EPOLLIN, 0
+        elif impl == "device":
+            yield ([s.fileno() for s in sources],
+                   (vpoll.VPOLL_IO_ADDEVENTS << 32) | select.EPOLLIN, 1)
+        else:
+            raise RuntimeError(
+                "vpoll sources from C threads need a kernel vpoll (EFD_VPOLL or /dev/vpoll); "
+                "here only the emulation exists: use --source eventfd, or --kernel")
+    finally:
+        for source in sources:
+            source.close()
+
+
 def _sustained_one(
-    backend: str, nfds: int, threads: int, seconds: float, progress: Progress, spin_us: float
+    backend: str, nfds: int, threads: int, seconds: float, progress: Progress, spin_us: float,
+    source: str = "eventfd",
 ) -> tuple[float, float]:
     """(events/s, consumer CPU ns/event) for one backend; backend 'stdlib' is select.epoll."""
-    with eventfds(nfds) as fds:
+    with event_sources(source, nfds) as (fds, value, mode):
         buffer = np.zeros(1024, abi.EVENT_DTYPE)
         if backend == "stdlib":
             ep: Any = select.epoll()
@@ -346,7 +380,7 @@ def _sustained_one(
                 return poll_into(buffer, 0.05)
 
         try:
-            with c_producers(fds, threads):
+            with c_producers(fds, threads, value, mode):
                 events, wall, cpu = _consume_for(poll_batch, None, seconds, progress, backend)
         finally:
             ep.close()
@@ -357,7 +391,7 @@ def _sustained_one(
 
 def scenario_sustained(
     backends: list[str], nfds: int, threads: int, seconds: float, repeats: int,
-    progress: Progress, spin_us: float = 0.0,
+    progress: Progress, spin_us: float = 0.0, source: str = "eventfd",
 ) -> list[Comparison]:
     """C producers feeding a Python consumer: events/s and consumer CPU/event per backend."""
     results = []
@@ -368,12 +402,12 @@ def scenario_sustained(
     for rep in range(repeats):
         # Interleave the sides so drift on a noisy machine hits both alike.
         progress(f"sustained: select.epoll, repeat {rep + 1}/{repeats}", force=True)
-        rate, cpu = _sustained_one("stdlib", nfds, threads, seconds, progress, 0)
+        rate, cpu = _sustained_one("stdlib", nfds, threads, seconds, progress, 0, source)
         base_rate.append(rate)
         base_cpu.append(cpu)
         for b in backends:
             progress(f"sustained: {b}, repeat {rep + 1}/{repeats}", force=True)
-            rate, cpu = _sustained_one(b, nfds, threads, seconds, progress, spin_us)
+            rate, cpu = _sustained_one(b, nfds, threads, seconds, progress, spin_us, source)
             rates[b].append(rate)
             cpus[b].append(cpu)
     base_r = _summary("select.epoll.poll", "events/s", base_rate)
@@ -381,10 +415,10 @@ def scenario_sustained(
     for b in backends:
         ring_r = _summary(f"{b} poll_into", "events/s", rates[b])
         ring_c = _summary(f"{b} poll_into", "CPU ns/event", cpus[b])
-        results.append(Comparison("sustained", f"{b}: events/s", ring_r, base_r,
+        results.append(Comparison("sustained", f"{b} ({source}): events/s", ring_r, base_r,
                                   ring_r.median / base_r.median))
-        results.append(Comparison("sustained", f"{b}: consumer CPU/event", ring_c, base_c,
-                                  base_c.median / ring_c.median if ring_c.median else 0.0))
+        results.append(Comparison("sustained", f"{b} ({source}): consumer CPU/event", ring_c,
+                                  base_c, base_c.median / ring_c.median if ring_c.median else 0.0))
     return results
 
 
@@ -417,7 +451,7 @@ def _is_uml() -> bool:
 
 def run(
     scenarios: list[str], *, quick: bool = False, backends: list[str] | None = None,
-    progress: Progress | None = None, threads: int = 1,
+    progress: Progress | None = None, threads: int = 1, sources: tuple[str, ...] = ("eventfd",),
 ) -> dict[str, Any]:
     """Run the scenarios; returns a JSON-ready dict with the environment and comparisons."""
     progress = progress or Progress()
@@ -432,10 +466,11 @@ def run(
         results += found
         notes += more
     if "sustained" in scenarios:
-        results += scenario_sustained(
-            ring_backends, nfds=64, threads=threads, seconds=0.3 if quick else 2.0,
-            repeats=1 if quick else 3, progress=progress,
-        )
+        for source in sources:
+            results += scenario_sustained(
+                ring_backends, nfds=64, threads=threads, seconds=0.3 if quick else 2.0,
+                repeats=1 if quick else 3, progress=progress, source=source,
+            )
     progress.done()
     return {
         "environment": environment(),
@@ -533,6 +568,8 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
     for backend in args.backend or []:
         forwarded += ["--backend", backend]
     forwarded += ["--producers", str(args.producers)]
+    for source in args.source or []:
+        forwarded += ["--source", source]
     # The guest's root is the host's filesystem, so a host path carries the report back.
     with tempfile.TemporaryDirectory(prefix="uring-epoll-bench-", dir=os.getcwd()) as tmp:
         out = os.path.join(tmp, "report.json")
@@ -547,11 +584,16 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
 def main(args: Any) -> int:
     """Entry point of ``uring-epoll bench``."""
     scenarios = args.scenario or ["drain", "sustained"]
-    if args.kernel:
-        report = _run_in_kernel(args)
-    else:
-        report = run(scenarios, quick=args.quick, backends=args.backend or None,
-                     progress=Progress(not args.json), threads=args.producers)
+    try:
+        if args.kernel:
+            report = _run_in_kernel(args)
+        else:
+            report = run(scenarios, quick=args.quick, backends=args.backend or None,
+                         progress=Progress(not args.json), threads=args.producers,
+                         sources=tuple(args.source or ["eventfd"]))
+    except RuntimeError as exc:
+        print(f"uring-epoll bench: {exc}", file=sys.stderr)
+        return 2
     if args.json_file:
         with open(args.json_file, "w") as f:
             json.dump(report, f, indent=2)
@@ -575,6 +617,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--backend", action="append", choices=["kernel", "thread"],
                    help="ring backend(s) for the sustained scenario (default: all available)")
     p.add_argument("--producers", type=int, default=1, help="C producer threads (default 1)")
+    p.add_argument("--source", action="append", choices=["eventfd", "vpoll"],
+                   help="what the C producers write in the sustained scenario (repeatable; "
+                   "vpoll needs a kernel vpoll: EFD_VPOLL or /dev/vpoll)")
     p.add_argument("--quick", action="store_true", help="short run (smoke test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--json-file", metavar="FILE", help="also write the JSON report to FILE")
