@@ -126,6 +126,12 @@ def _parent_loop(ep: Any, source: vp.VPoll, pid: int, start: float, tick: float,
         k += 1
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
+            # Its last step happened before it exited and may have landed just after our
+            # poll timed out: whatever it raised is pending now, so look once more.
+            for _fd, got in ep.poll(0):
+                print(f"GOT event {got:x}", file=out)
+                if got & select.EPOLLHUP:
+                    return 0
             print(f"the child exited (status {status:#x}) before the hangup", file=out)
             return 1
         if time.monotonic() > deadline:
