@@ -42,6 +42,20 @@ class Backend:
         """Drop our own record of *fd*'s registration after its file was closed."""
 
 
+class EpfdBackend(Backend):
+    """A backend whose registrations live on an epoll fd of its own (``self.epfd``)."""
+
+    epfd = -1
+
+    def fileno(self) -> int:
+        return self.epfd
+
+    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
+        ret = lib.ue_sys_epoll_ctl(self.epfd, op, fd, events, data)
+        if ret < 0:
+            raise os_error(ret)
+
+
 class RingBackend(Backend):
     """A ring (header + items + index) and the C consumer draining it."""
 

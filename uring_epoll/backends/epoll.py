@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import select
 
-from .._native_lib import ffi, lib, os_error
-from .base import Backend
+from .._native_lib import ffi, lib
+from .base import EpfdBackend
 
 
-class EpollBackend(Backend):
+class EpollBackend(EpfdBackend):
     """A ``select.epoll`` underneath; ``poll_into`` calls ``epoll_wait`` from C."""
 
     name = "epoll"
@@ -21,14 +21,6 @@ class EpollBackend(Backend):
         self.consumer = ffi.new("struct ue_consumer *")
         lib.ue_consumer_init_epoll(self.consumer, self.epfd)
         self.memory = (self.consumer,)
-
-    def fileno(self) -> int:
-        return self.epfd
-
-    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
-        ret = lib.ue_sys_epoll_ctl(self.epfd, op, fd, events, data)
-        if ret < 0:
-            raise os_error(ret)
 
     def close(self) -> None:
         lib.ue_consumer_close(self.consumer)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import abi, probe
 from .._native_lib import lib, os_error
-from .base import RingBackend
+from .base import EpfdBackend, RingBackend
 
 _PROT = mmap.PROT_READ | mmap.PROT_WRITE
 
@@ -42,7 +42,7 @@ def map_userpoll(epfd: int) -> tuple[mmap.mmap, mmap.mmap]:
     return header, index
 
 
-class KernelBackend(RingBackend):
+class KernelBackend(EpfdBackend, RingBackend):
     """The real thing: the kernel publishes, we drain."""
 
     name = "kernel"
@@ -74,14 +74,6 @@ class KernelBackend(RingBackend):
             if owned:
                 os.close(epfd)
             raise
-
-    def fileno(self) -> int:
-        return self.epfd
-
-    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
-        ret = lib.ue_sys_epoll_ctl(self.epfd, op, fd, events, data)
-        if ret < 0:
-            raise os_error(ret)
 
     def close(self) -> None:
         self._release_maps()
