@@ -38,8 +38,9 @@ def test_json_report(tmp_path: Path) -> None:
     for r in report["results"]:
         for side in ("ring", "baseline"):
             m = r[side]
-            assert m["low"] <= m["median"] <= m["high"] and m["median"] > 0
-        assert r["ratio"] > 0
+            # A per-call figure net of the clock's own cost can round to 0 (User-Mode Linux).
+            assert 0 <= m["low"] <= m["median"] <= m["high"]
+        assert r["ratio"] >= 0
 
 
 def test_plot(tmp_path: Path) -> None:

@@ -441,7 +441,14 @@ def test_close_while_registered_in_select_epoll(source: VPoll) -> None:
 
 
 @pytest.mark.parametrize("backend", RING_BACKENDS)
-def test_close_while_registered_in_uring_epoll(source: VPoll, backend: str) -> None:
+def test_close_while_registered_in_uring_epoll(source: VPoll, backend: str,
+                                               request: pytest.FixtureRequest) -> None:
+    if backend == "thread":
+        # The emulator cannot see a close(): an entry its poller published just before it is
+        # still delivered (documented; see test_epoll_api). Whether it had published depends
+        # on timing, hence not strict.
+        request.applymarker(pytest.mark.xfail(strict=False, reason="the emulator cannot see "
+                                              "a close(); unregister before closing"))
     with uring_epoll.epoll(backend=backend) as ep:
         ep.register(source, IN)
         source.add(IN)
