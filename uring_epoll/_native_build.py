@@ -59,7 +59,6 @@ int ue_emu_sync(struct ue_emu *emu);
 int ue_emu_forget(struct ue_emu *emu, int fd);
 int ue_emu_inner_fd(struct ue_emu *emu);
 int ue_emu_thread_error(struct ue_emu *emu);
-uint64_t ue_emu_published(struct ue_emu *emu);
 int ue_emu_stop(struct ue_emu *emu);
 void ue_emu_free(struct ue_emu *emu);
 

@@ -279,7 +279,7 @@ def scenario_drain(
 
 
 def _consume_for(
-    poll_batch: Callable[[], int], producers: Any, seconds: float, progress: Progress, label: str
+    poll_batch: Callable[[], int], seconds: float, progress: Progress, label: str
 ) -> tuple[int, float, float]:
     """Run the consumer loop for *seconds*; return (events, wall s, consumer CPU s)."""
     events = 0
@@ -381,7 +381,7 @@ def _sustained_one(
 
         try:
             with c_producers(fds, threads, value, mode):
-                events, wall, cpu = _consume_for(poll_batch, None, seconds, progress, backend)
+                events, wall, cpu = _consume_for(poll_batch, seconds, progress, backend)
         finally:
             ep.close()
     if not events:

@@ -64,7 +64,6 @@ class RingBackend(Backend):
     def __init__(self) -> None:
         self._header_map: Any = None
         self._index_map: Any = None
-        self._keepalive: list[Any] = []
         self.consumer: Any = None
         self.memory: Any = None
         self.protocol = abi.PROTOCOL_V5
@@ -102,7 +101,6 @@ class RingBackend(Backend):
             raise os_error(ret, "attaching the ring")
         self._header_map = header_map
         self._index_map = index_map
-        self._keepalive = [header_ptr, index_ptr]
         self.consumer = consumer
         # Everything the C consumer points into. A poll in flight on another thread holds
         # this tuple, so close() dropping our references can never free memory under it.
@@ -166,7 +164,6 @@ class RingBackend(Backend):
             lib.ue_consumer_close(self.consumer)
         self.consumer = None
         self.memory = None
-        self._keepalive = []
         self._header_map = None
         self._index_map = None
 

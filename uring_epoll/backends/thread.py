@@ -47,7 +47,6 @@ class ThreadBackend(RingBackend):
             lib.ue_emu_free(emu)
             self.emu = None
             raise
-        self._keepalive += [header_ptr, index_ptr]
 
     def fileno(self) -> int:
         # The inner epoll: readable while the poller has events still to harvest. (A nested

@@ -57,7 +57,6 @@ struct ue_emu {
 	int thread_started;
 	pthread_mutex_t lock; /* registrations, inner epoll harvests */
 	struct ue_reg *regs;  /* indexed by slot */
-	uint32_t nr_used;
 	int32_t *slot_of_fd; /* fd -> slot + 1, grown on demand */
 	size_t slot_of_fd_len;
 	uint64_t counter;      /* protocol-5 append counter */
@@ -375,7 +374,6 @@ static void release_slot(struct ue_emu *e, uint32_t slot)
 		;
 	e->slot_of_fd[e->regs[slot].fd] = 0;
 	e->regs[slot].fd = -1;
-	e->nr_used--;
 }
 
 static int lowest_free_slot(struct ue_emu *e)
@@ -452,7 +450,6 @@ int ue_emu_ctl(struct ue_emu *e, int op, int fd, uint32_t events, uint64_t data)
 		__atomic_store_n(&item->events, events | EPOLLERR | EPOLLHUP, __ATOMIC_RELAXED);
 		__atomic_store_n(&item->data, data, __ATOMIC_RELAXED);
 		e->regs[fresh] = (struct ue_reg){ .fd = fd, .events = events, .data = data };
-		e->nr_used++;
 		ret = harvest_locked(e);
 		break;
 	}
@@ -559,16 +556,6 @@ int ue_emu_inner_fd(struct ue_emu *e)
 int ue_emu_thread_error(struct ue_emu *e)
 {
 	return __atomic_load_n(&e->thread_error, __ATOMIC_ACQUIRE);
-}
-
-uint64_t ue_emu_published(struct ue_emu *e)
-{
-	uint64_t n;
-
-	pthread_mutex_lock(&e->lock);
-	n = e->published;
-	pthread_mutex_unlock(&e->lock);
-	return n;
 }
 
 int ue_emu_stop(struct ue_emu *e)

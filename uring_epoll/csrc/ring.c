@@ -181,19 +181,15 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 				cpu_relax();
 			}
 			slot = v - 1;
-			if (slot >= r->max_items) {
-				mark_bad(c, 1, head, slot);
-				ret = -EBADMSG;
-				break;
-			}
-			/* Zero it so the next lap can tell "not yet written". */
-			__atomic_store_n(slotp, 0, __ATOMIC_RELAXED);
 		}
 		if (slot >= r->max_items) {
 			mark_bad(c, 1, head, slot);
 			ret = -EBADMSG;
 			break;
 		}
+		/* Protocol 3: zero the slot so the next lap can tell "not yet written". */
+		if (r->protocol == 3)
+			__atomic_store_n(slotp, 0, __ATOMIC_RELAXED);
 		item = &r->items[slot];
 		data = __atomic_load_n(&item->data, __ATOMIC_RELAXED);
 		events = __atomic_exchange_n(&item->ready_events, 0, __ATOMIC_ACQ_REL);

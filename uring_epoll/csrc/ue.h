@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 9
+#define UE_NATIVE_VERSION 10
 
 #define UE_USERPOLL_MAGIC 0xeb01eb01u
 #define UE_HEADER_SIZE 128u
@@ -115,7 +115,6 @@ int ue_emu_sync(struct ue_emu *emu);
 int ue_emu_forget(struct ue_emu *emu, int fd);
 int ue_emu_inner_fd(struct ue_emu *emu);
 int ue_emu_thread_error(struct ue_emu *emu);
-uint64_t ue_emu_published(struct ue_emu *emu);
 int ue_emu_stop(struct ue_emu *emu);
 void ue_emu_free(struct ue_emu *emu);
 
