@@ -1,0 +1,190 @@
+"""What every scenario shares: measurements with their spread, progress output, eventfd
+sources and the C producer threads that drive them."""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._native_lib import ffi, lib, os_error
+
+
+@dataclass
+class Measurement:
+    """One figure: median and spread over repeats."""
+
+    name: str
+    unit: str
+    median: float
+    low: float
+    high: float
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """The ring against its baseline, measured in the same run."""
+
+    scenario: str
+    label: str
+    ring: Measurement
+    baseline: Measurement
+    #: baseline / ring for costs (ns), ring / baseline for rates: > 1 means the ring wins
+    ratio: float
+
+
+class Progress:
+    """A one-line progress report on stderr, rate-limited, for anything over a second."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self.last = 0.0
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self.last > 0.5:
+            self.last = now
+            sys.stderr.write(f"\r\x1b[K  {message}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+
+def summary(name: str, unit: str, samples: list[float]) -> Measurement:
+    return Measurement(name, unit, statistics.median(samples), min(samples), max(samples), samples)
+
+
+
+@contextmanager
+def eventfds(count: int) -> Iterator[list[int]]:
+    """*count* non-blocking eventfds, closed afterwards."""
+    _raise_nofile(count + 64)
+    fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+
+
+def clock_overhead_ns() -> float:
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(2000):
+        t0 = clock()
+        t1 = clock()
+        samples.append(t1 - t0)
+    return float(statistics.median(samples))
+
+
+
+def c_floor(value: float, what: str) -> float:
+    if value < 0:
+        raise os_error(int(value), what)
+    return value
+
+
+
+def ratio(cost_baseline: float, cost_ring: float) -> float:
+    return cost_baseline / cost_ring if cost_ring else float("inf")
+
+
+def consume_for(
+    poll_batch: Callable[[], int], seconds: float, progress: Progress, label: str
+) -> tuple[int, float, float]:
+    """Run the consumer loop for *seconds*; return (events, wall s, consumer CPU s)."""
+    events = 0
+    start = time.perf_counter()
+    cpu0 = time.thread_time()
+    deadline = start + seconds
+    next_check = 0
+    while True:
+        events += poll_batch()
+        next_check += 1
+        if next_check >= 64:
+            next_check = 0
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            progress(f"sustained {label}: {events / (now - start) / 1e6:.2f} M events/s")
+    cpu = time.thread_time() - cpu0
+    wall = time.perf_counter() - start
+    return events, wall, cpu
+
+
+@contextmanager
+def c_producers(fds: list[int], threads: int, value: int = 1, mode: int = 0) -> Iterator[Any]:
+    """C threads driving the fds round-robin until the block ends: mode 0 writes *value* as a
+    u64 (eventfd, EFD_VPOLL command), mode 1 is ioctl(fd, value >> 32, value & 0xffffffff)."""
+    array = np.array(fds, dtype=np.int32)
+    err = ffi.new("int *")
+    group = lib.ue_producers_start(
+        ffi.cast("int *", ffi.from_buffer(array)), len(fds), threads, 0, value, mode, err
+    )
+    if group == ffi.NULL:
+        raise os_error(err[0], "starting producer threads")
+    written = ffi.new("uint64_t *")
+    try:
+        yield written
+    finally:
+        lib.ue_producers_stop(group)
+        ret = lib.ue_producers_join(group, written)
+        _ = array  # the threads read it until joined
+        if ret < 0:
+            raise os_error(ret, "producer thread")
+
+
+@contextmanager
+def event_sources(kind: str, count: int) -> Iterator[tuple[list[int], int, int]]:
+    """*count* fds for C producer threads: (fds, value, mode) for :func:`c_producers`.
+
+    ``eventfd`` writes 1; ``vpoll`` uses the kernel vpoll forms, whose every ADD wakes
+    watchers with the whole set (EFD_VPOLL: an 8-byte ADD command; /dev/vpoll: the ADD
+    ioctl). The emulation cannot be driven from C threads (its state lives in a socketpair
+    managed under a Python lock), so it is refused with the reason.
+    """
+    if kind == "eventfd":
+        with eventfds(count) as fds:
+            yield fds, 1, 0
+        return
+    from . import vpoll
+
+    sources = [vpoll.VPoll(0) for _ in range(count)]
+    try:
+        impl = sources[0].impl
+        if impl == "eventfd":
+            yield [s.fileno() for s in sources], vpoll.EFD_VPOLL_ADDEVENTS | select.EPOLLIN, 0
+        elif impl == "device":
+            yield ([s.fileno() for s in sources],
+                   (vpoll.VPOLL_IO_ADDEVENTS << 32) | select.EPOLLIN, 1)
+        else:
+            raise RuntimeError(
+                "vpoll sources from C threads need a kernel vpoll (EFD_VPOLL or /dev/vpoll); "
+                "here only the emulation exists: use --source eventfd, or --kernel")
+    finally:
+        for source in sources:
+            source.close()
+
+

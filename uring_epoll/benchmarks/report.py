@@ -1,0 +1,115 @@
+"""Reporting: the environment the figures were taken on, the terminal table and the plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from .. import __version__, probe
+
+
+def environment() -> dict[str, Any]:
+    """The machine, kernel and versions the figures were taken on."""
+    uname = os.uname()
+    return {
+        "machine": uname.machine,
+        "cpus": os.cpu_count(),
+        "kernel": f"{uname.sysname} {uname.release}",
+        "user_mode_linux": "um" in uname.machine or _is_uml(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "uring_epoll": __version__,
+        "backends": probe.available_backends(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _is_uml() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "User Mode Linux" in f.read()
+    except OSError:
+        return False
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The results as an aligned text table, ring beside baseline with the ratio."""
+    env = report["environment"]
+    lines = [
+        f"uring-epoll {env['uring_epoll']} on {env['kernel']} ({env['machine']}, "
+        f"{env['cpus']} CPUs), Python {env['python']}",
+    ]
+    if env.get("user_mode_linux"):
+        lines.append(
+            "User-Mode Linux figures: system calls cost ~60x more here; only ratios inside "
+            "this run mean anything."
+        )
+    header = f"{'scenario':<10} {'what':<44} {'ring':>10} {'baseline':>10} {'unit':<13} ratio"
+    lines += [header, "-" * len(header)]
+    for r in report["results"]:
+        ring, base = r["ring"], r["baseline"]
+        lines.append(
+            f"{r['scenario']:<10} {r['label']:<44} {_fmt(ring['median']):>10} "
+            f"{_fmt(base['median']):>10} {ring['unit']:<13} {r['ratio']:.2f}x"
+        )
+    lines.append(
+        "Medians over repeats; ratio = the second's cost / the first's (rates: first / second),"
+        " so > 1 means the first is faster. All figures from this one run."
+    )
+    lines += [f"note: {note}" for note in report.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.1f}"
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """One panel per scenario: ring against baseline per comparison, log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit(
+            "--plot needs matplotlib: python3 -m pip install 'uring-epoll[plot]'"
+        ) from exc
+    scenarios = list(dict.fromkeys(r["scenario"] for r in report["results"]))
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 4.2 * len(scenarios)),
+                             squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
+        rows = [r for r in report["results"] if r["scenario"] == scenario]
+        ys = np.arange(len(rows))
+        ring = [r["ring"]["median"] for r in rows]
+        base = [r["baseline"]["median"] for r in rows]
+        ring_err = [[r["ring"]["median"] - r["ring"]["low"] for r in rows],
+                    [r["ring"]["high"] - r["ring"]["median"] for r in rows]]
+        base_err = [[r["baseline"]["median"] - r["baseline"]["low"] for r in rows],
+                    [r["baseline"]["high"] - r["baseline"]["median"] for r in rows]]
+        ax.barh(ys - 0.2, ring, 0.4, xerr=ring_err, label="first (ring)")
+        ax.barh(ys + 0.2, base, 0.4, xerr=base_err, label="second (baseline)")
+        ax.set_yticks(ys, [f"{r['label']}  ({r['ratio']:.2f}x)" for r in rows], fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(rows[0]["ring"]["unit"] if len({r["ring"]["unit"] for r in rows}) == 1
+                      else "value (see labels)")
+        ax.invert_yaxis()
+        ax.set_title(scenario)
+        ax.legend(fontsize=7)
+    env = report["environment"]
+    title = f"uring-epoll {env['uring_epoll']}: {env['kernel']}, {env['cpus']} CPUs"
+    if env.get("user_mode_linux"):
+        title += " (User-Mode Linux: compare ratios only)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
