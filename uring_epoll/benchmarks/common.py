@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,19 +74,36 @@ def summary(name: str, unit: str, samples: list[float]) -> Measurement:
 @contextmanager
 def eventfds(count: int) -> Iterator[list[int]]:
     """*count* non-blocking eventfds, closed afterwards."""
-    _raise_nofile(count + 64)
-    fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
+    raise_nofile(count + 64)
+    fds: list[int] = []
     try:
+        for _ in range(count):
+            fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
         yield fds
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def _raise_nofile(need: int) -> None:
+def raise_nofile(need: int) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE towards *need* as far as allowed; return (soft, hard) afterwards.
+
+    The soft limit may go up to the hard one freely. Raising the hard limit needs
+    CAP_SYS_RESOURCE (root in User-Mode Linux has it; a container's root often does not), and
+    is tried only when the hard limit is too low.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+    infinite = resource.RLIM_INFINITY
+    if soft != infinite and soft < need:
+        if hard != infinite and hard < need:
+            with suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != infinite and soft < need:
+            target = need if hard == infinite else min(need, hard)
+            with suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def clock_overhead_ns() -> float:
@@ -186,10 +203,11 @@ def event_sources(kind: str, count: int) -> Iterator[tuple[list[int], int, int]]
         with eventfds(count) as fds:
             yield fds, 1, 0
         return
-    from . import vpoll
+    from .. import vpoll
 
-    sources = [vpoll.VPoll(0) for _ in range(count)]
+    sources: list[vpoll.VPoll] = []
     try:
+        sources += (vpoll.VPoll(0) for _ in range(count))
         impl = sources[0].impl
         if impl == "eventfd":
             yield [s.fileno() for s in sources], vpoll.EFD_VPOLL_ADDEVENTS | select.EPOLLIN, 0
