@@ -48,20 +48,53 @@ def format_table(report: dict[str, Any]) -> str:
             "User-Mode Linux figures: system calls cost ~60x more here; only ratios inside "
             "this run mean anything."
         )
-    header = f"{'scenario':<10} {'what':<44} {'ring':>10} {'baseline':>10} {'unit':<13} ratio"
+    what = max([44] + [len(r["label"]) for r in report["results"]])
+    header = (f"{'scenario':<10} {'what':<{what}} {'ring':>10} {'baseline':>10} {'unit':<13} "
+              "ratio")
     lines += [header, "-" * len(header)]
     for r in report["results"]:
         ring, base = r["ring"], r["baseline"]
         lines.append(
-            f"{r['scenario']:<10} {r['label']:<44} {_fmt(ring['median']):>10} "
+            f"{r['scenario']:<10} {r['label']:<{what}} {_fmt(ring['median']):>10} "
             f"{_fmt(base['median']):>10} {ring['unit']:<13} {r['ratio']:.2f}x"
         )
     lines.append(
         "Medians over repeats; ratio = the second's cost / the first's (rates: first / second),"
         " so > 1 means the first is faster. All figures from this one run."
     )
+    lines += _memory_table(report.get("memory") or [])
     lines += [f"note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The "memory per epfd" section of the scale scenario; nothing without rows."""
+    if not rows:
+        return []
+    header = (f"{'backend':<8} {'registered':>10} {'ring bytes':>12} {'bytes/fd':>10} "
+              f"{'epitem bytes':>13}")
+    lines = [
+        "",
+        "memory per epfd",
+        header,
+        "-" * len(header),
+    ]
+    for row in rows:
+        epitem = row.get("epitem_bytes")
+        lines.append(
+            f"{row['backend']:<8} {row['registered']:>10} {row['ring_bytes']:>12,} "
+            f"{row['bytes_per_fd']:>10.1f} "
+            f"{'n/a' if epitem is None else format(round(epitem), ','):>13}"
+        )
+    lines += [
+        "Ring bytes: header_length + index_length, charged to RLIMIT_MEMLOCK per epfd by the",
+        "patched kernel unless CAP_IPC_LOCK (the thread backend maps the same layout, not "
+        "locked).",
+        "The ring comes on top of the kernel's epitems (a struct epitem and an eppoll_entry per",
+        "registration, in every epoll), not instead of them. Epitem bytes: their slab growth;",
+        "n/a where /proc/slabinfo cannot show it (see the notes).",
+    ]
+    return lines
 
 
 def _fmt(value: float) -> str:
@@ -84,9 +117,12 @@ def plot(report: dict[str, Any], path: str) -> None:
             "--plot needs matplotlib: python3 -m pip install 'uring-epoll[plot]'"
         ) from exc
     scenarios = list(dict.fromkeys(r["scenario"] for r in report["results"]))
-    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 4.2 * len(scenarios)),
-                             squeeze=False)
-    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
+    memory = report.get("memory") or []
+    panels = len(scenarios) + (1 if memory else 0)
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False)
+    if memory:
+        _plot_memory(axes[-1, 0], memory)
+    for ax, scenario in zip(axes[: len(scenarios), 0], scenarios, strict=True):
         rows = [r for r in report["results"] if r["scenario"] == scenario]
         ys = np.arange(len(rows))
         ring = [r["ring"]["median"] for r in rows]
@@ -113,3 +149,21 @@ def plot(report: dict[str, Any], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _plot_memory(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Ring bytes (and epitem slab bytes where known) against registered fds, log-log."""
+    for backend in dict.fromkeys(row["backend"] for row in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend),
+                      key=lambda r: r["registered"])
+        ax.plot([r["registered"] for r in mine], [r["ring_bytes"] for r in mine], "o-",
+                label=f"ring, header + index ({backend})")
+        known = [r for r in mine if r.get("epitem_bytes")]
+        if known:
+            ax.plot([r["registered"] for r in known], [r["epitem_bytes"] for r in known],
+                    "s--", label=f"epitems, kernel slab ({backend})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("registered fds")
+    ax.set_ylabel("bytes per epfd")
+    ax.set_title("memory per epfd (the ring comes on top of the epitems)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
