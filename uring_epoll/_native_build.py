@@ -13,7 +13,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["ring.c", "emu.c", "sys.c", "bench.c"]
+SOURCES = ["ring.c", "emu.c", "sys.c", "bench.c", "latency.c"]
 
 CDEF = """
 struct ue_ring { ...; };
@@ -75,6 +75,12 @@ struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t 
 int ue_producers_join(struct ue_producers *p, uint64_t *written);
 void ue_producers_stop(struct ue_producers *p);
 long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);
+
+struct ue_pinger;
+struct ue_pinger *ue_pinger_start(int fd, uint64_t count, uint64_t gap_ns, int *err);
+void ue_pinger_ack(struct ue_pinger *p);
+void ue_pinger_stop(struct ue_pinger *p);
+int ue_pinger_join(struct ue_pinger *p, uint64_t *sent);
 
 double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange);
 double ue_bench_epoll_wait(int epfd, uint32_t batch, uint32_t rounds);

@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 10
+#define UE_NATIVE_VERSION 11
 
 #define UE_USERPOLL_MAGIC 0xeb01eb01u
 #define UE_HEADER_SIZE 128u
@@ -134,6 +134,16 @@ struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t 
 int ue_producers_join(struct ue_producers *p, uint64_t *written);
 void ue_producers_stop(struct ue_producers *p);
 long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);
+
+/*
+ * Wake-up latency producer (latency.c): one thread writing its CLOCK_MONOTONIC ns as the
+ * value of an eventfd, then waiting for the consumer's ack and a gap before the next ping.
+ */
+struct ue_pinger;
+struct ue_pinger *ue_pinger_start(int fd, uint64_t count, uint64_t gap_ns, int *err);
+void ue_pinger_ack(struct ue_pinger *p);
+void ue_pinger_stop(struct ue_pinger *p);
+int ue_pinger_join(struct ue_pinger *p, uint64_t *sent);
 
 /* C floors for the benchmarks (bench.c): ns per event, or -errno */
 double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange);
