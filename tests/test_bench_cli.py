@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from uring_epoll.benchmarks import SCENARIOS
+
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -34,7 +36,16 @@ def test_json_report(tmp_path: Path) -> None:
     env = report["environment"]
     assert {"kernel", "cpus", "python", "numpy", "uring_epoll", "backends"} <= set(env)
     scenarios = {r["scenario"] for r in report["results"]}
-    assert scenarios == {"drain", "sustained"}
+    assert scenarios == set(SCENARIOS)
+    # Every scenario compares the ring with a baseline from the same run.
+    labels = [r["label"] for r in report["results"]]
+    assert any("vs select.epoll.poll" in label for label in labels)
+    assert any(label.endswith("p99.9") for label in labels)
+    assert any("consumer sleeps per 1000 events" in label for label in labels)
+    assert any(label.startswith("protocol 5 vs 3") for label in labels)
+    assert [row["registered"] for row in report["memory"]] == [1, 1024]
+    for row in report["memory"]:
+        assert row["ring_bytes"] >= 4096 * 2 and row["ring_bytes"] % 4096 == 0
     for r in report["results"]:
         for side in ("ring", "baseline"):
             m = r[side]
@@ -64,3 +75,39 @@ def test_vpoll_source() -> None:
     else:
         assert result.returncode == 2
         assert "kernel vpoll" in result.stderr
+
+
+def test_markdown_from_saved_report(tmp_path: Path) -> None:
+    """--load renders a saved report without running anything; --markdown gives one table per
+    scenario with the spread beside each median."""
+    out = tmp_path / "report.json"
+    assert bench("--scenario", "drain", "--json-file", str(out)).returncode == 0
+    report = json.loads(out.read_text())
+    shown = subprocess.run(
+        [sys.executable, "-m", "uring_epoll.cli", "bench", "--load", str(out), "--markdown"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "**drain**" in shown.stdout
+    assert "| what | first | second | unit | ratio |" in shown.stdout
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("| poll_into")]
+    assert len(rows) == sum(r["label"].startswith("poll_into") for r in report["results"])
+    assert not shown.stderr  # no progress output: nothing ran
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--load", "/nonexistent/report.json"), "cannot load"),
+    (("--producers", "0"), "--producers must be at least 1"),
+])
+def test_bad_arguments(args: tuple[str, ...], message: str) -> None:
+    result = bench(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_load_rejects_other_json(tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2, 3]")
+    result = bench("--load", str(other))
+    assert result.returncode == 2
+    assert "not a uring-epoll bench report" in result.stderr

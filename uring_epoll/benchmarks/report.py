@@ -19,7 +19,7 @@ def environment() -> dict[str, Any]:
         "machine": uname.machine,
         "cpus": os.cpu_count(),
         "kernel": f"{uname.sysname} {uname.release}",
-        "user_mode_linux": "um" in uname.machine or _is_uml(),
+        "user_mode_linux": "um" in uname.machine or is_uml(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "uring_epoll": __version__,
@@ -28,7 +28,8 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _is_uml() -> bool:
+def is_uml() -> bool:
+    """True inside User-Mode Linux, where only ratios taken in the same run mean anything."""
     try:
         with open("/proc/cpuinfo") as f:
             return "User Mode Linux" in f.read()
@@ -95,6 +96,48 @@ def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
         "n/a where /proc/slabinfo cannot show it (see the notes).",
     ]
     return lines
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The results as Markdown: one table per scenario, each figure with its spread, for a
+    README or an issue. Re-render a saved report with ``uring-epoll bench --load FILE``."""
+    env = report["environment"]
+    lines = [
+        f"uring-epoll {env['uring_epoll']}, {env['kernel']} ({env['machine']}, {env['cpus']} "
+        f"CPUs), Python {env['python']}, numpy {env['numpy']}, {env['time']}."
+    ]
+    if env.get("user_mode_linux"):
+        lines.append("User-Mode Linux: system calls cost ~60x more here; compare ratios only.")
+    for scenario in dict.fromkeys(r["scenario"] for r in report["results"]):
+        lines += ["", f"**{scenario}**", "",
+                  "| what | first | second | unit | ratio |", "|---|---|---|---|---|"]
+        for r in report["results"]:
+            if r["scenario"] != scenario:
+                continue
+            lines.append(
+                f"| {r['label']} | {_spread(r['ring'])} | {_spread(r['baseline'])} "
+                f"| {r['ring']['unit']} | {r['ratio']:.2f}x |"
+            )
+    memory = report.get("memory") or []
+    if memory:
+        lines += ["", "**memory per epfd**", "",
+                  "| backend | registered | ring bytes (locked) | bytes/fd | epitem bytes |",
+                  "|---|---|---|---|---|"]
+        for row in memory:
+            epitem = row.get("epitem_bytes")
+            lines.append(
+                f"| {row['backend']} | {row['registered']} | {row['ring_bytes']:,} "
+                f"| {row['bytes_per_fd']:.1f} | {'n/a' if epitem is None else f'{epitem:,.0f}'} |"
+            )
+    lines += ["", "Medians over repeats, min..max in brackets; ratio > 1: the first is better."]
+    lines += [f"- note: {note}" for note in report.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _spread(m: dict[str, Any]) -> str:
+    if m["low"] == m["high"]:
+        return _fmt(m["median"])
+    return f"{_fmt(m['median'])} ({_fmt(m['low'])}..{_fmt(m['high'])})"
 
 
 def _fmt(value: float) -> str:
