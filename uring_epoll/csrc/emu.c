@@ -57,6 +57,7 @@ struct ue_emu {
 	int thread_started;
 	pthread_mutex_t lock; /* registrations, inner epoll harvests */
 	struct ue_reg *regs;  /* indexed by slot */
+	uint32_t free_hint;   /* no slot below this one is free: registering n fds stays O(n) */
 	int32_t *slot_of_fd; /* fd -> slot + 1, grown on demand */
 	size_t slot_of_fd_len;
 	uint64_t counter;      /* protocol-5 append counter */
@@ -374,15 +375,22 @@ static void release_slot(struct ue_emu *e, uint32_t slot)
 		;
 	e->slot_of_fd[e->regs[slot].fd] = 0;
 	e->regs[slot].fd = -1;
+	if (slot < e->free_hint)
+		e->free_hint = slot;
 }
 
+/* The kernel's find_first_zero_bit over its item bitmap: the lowest free slot. */
 static int lowest_free_slot(struct ue_emu *e)
 {
 	uint32_t i;
 
-	for (i = 0; i < e->ring.max_items; i++)
-		if (e->regs[i].fd < 0)
+	for (i = e->free_hint; i < e->ring.max_items; i++) {
+		if (e->regs[i].fd < 0) {
+			e->free_hint = i;
 			return (int)i;
+		}
+	}
+	e->free_hint = e->ring.max_items;
 	return -1;
 }
 
