@@ -332,6 +332,7 @@ def test_protocol3_reserved_but_unwritten_slot_does_not_hang(rings) -> None:
     assert p.drain() == []  # gives up after a bounded spin, no error
     assert p.head == 2
     assert time.monotonic() - started < 5
+    assert p.ring.stats()["slot_waits"] == 2  # both drains stopped at the unwritten slot
     # The producer finishes its write: the consumer picks it up.
     p.items[3]["ready_events"] = EPOLLIN
     p.index[2] = 3 + 1

@@ -101,6 +101,8 @@ class PollStats:
     spin_hits: int
     #: ring entries consumed without an event (EPOLLREMOVED, or masked out)
     skipped: int
+    #: protocol 3: drains that stopped at an index slot reserved but not yet written
+    slot_waits: int
     #: EPOLL_CTL_MOD re-arms of delivered level-triggered registrations
     rearms: int
 
@@ -423,6 +425,7 @@ class epoll:
             spins=counters.get("spins", 0),
             spin_hits=counters.get("spin_hits", 0),
             skipped=counters.get("skipped", 0),
+            slot_waits=counters.get("slot_waits", 0),
             rearms=self._rearms,
         )
 

@@ -18,7 +18,7 @@ SOURCES = ["ring.c", "emu.c", "sys.c", "bench.c", "latency.c"]
 CDEF = """
 struct ue_ring { ...; };
 struct ue_stats {
-    uint64_t ring_events, sleeps, estale, spins, spin_hits, skipped;
+    uint64_t ring_events, sleeps, estale, spins, spin_hits, skipped, slot_waits;
 };
 struct ue_consumer {
     struct ue_stats stats;
@@ -72,6 +72,9 @@ int ue_sys_eventfd(unsigned int initval, int flags);
 struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
                                         uint64_t writes_per_thread, uint64_t value, int mode,
                                         int *err);
+struct ue_producers *ue_producers_start_inject(struct ue_emu *emu, const int *fds,
+                                               uint32_t nfds, uint32_t nthreads,
+                                               uint32_t events, int *err);
 int ue_producers_join(struct ue_producers *p, uint64_t *written);
 void ue_producers_stop(struct ue_producers *p);
 long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);

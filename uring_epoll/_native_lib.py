@@ -10,7 +10,7 @@ import os
 
 #: Must equal UE_NATIVE_VERSION in csrc/ue.h; a mismatch means the compiled module is older
 #: (or newer) than the Python code calling it.
-EXPECTED_NATIVE_VERSION = 11
+EXPECTED_NATIVE_VERSION = 12
 
 try:
     from uring_epoll._native import ffi, lib

@@ -140,6 +140,7 @@ class RingBackend(Backend):
             "spins": s.spins,
             "spin_hits": s.spin_hits,
             "skipped": s.skipped,
+            "slot_waits": s.slot_waits,
         }
 
     def corrupt_error(self) -> OSError:

@@ -39,8 +39,13 @@
 #define UE_EPOLLERR 0x008u
 #define UE_EPOLLHUP 0x010u
 
-/* How long a protocol-3 consumer waits for a reserved slot to be written. */
-#define UE_V3_SLOT_SPINS (1u << 20)
+/*
+ * How long a protocol-3 consumer spins on a reserved slot before giving up the batch (a few
+ * microseconds). The RFC's v3 consumer spun without a bound; but the producer that reserved
+ * the slot may have been preempted, possibly by us, so the poll loop then yields the CPU
+ * instead of spinning on (see poll_inner).
+ */
+#define UE_V3_SLOT_SPINS (1u << 10)
 
 static inline void cpu_relax(void)
 {
@@ -176,8 +181,10 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 
 			/* Pairs with the producer's RELEASE store of slot + 1. */
 			while ((v = __atomic_load_n(slotp, __ATOMIC_ACQUIRE)) == 0) {
-				if (++spins == UE_V3_SLOT_SPINS)
+				if (++spins == UE_V3_SLOT_SPINS) {
+					c->stats.slot_waits++;
 					goto out; /* reserved but unwritten: next call */
+				}
 				cpu_relax();
 			}
 			slot = v - 1;
@@ -369,8 +376,8 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 				return 0;
 			left = (int64_t)(deadline - now);
 		}
-		c->stats.sleeps++;
 		if (c->mode == UE_WAIT_KERNEL) {
+			c->stats.sleeps++;
 			/* Round up like CPython's select.epoll, so we never return early. */
 			int ms = left < 0 ? -1 :
 				 (int)((left + 999999) / 1000000 > INT_MAX ?
@@ -396,9 +403,16 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 			int ret;
 
 			if (head != tail) {
-				c->stats.estale++;
+				/*
+				 * Entries we could not take: new ones (drain again at once) or, with
+				 * protocol 3, one reserved but not yet written by a producer that
+				 * may need this CPU to finish.
+				 */
+				if (c->ring.protocol == 3)
+					sched_yield();
 				continue;
 			}
+			c->stats.sleeps++;
 			ret = ue__emu_wait(c->emu, &c->ring.hdr->tail, tail, left, &c->closing);
 			if (ret == -ESTALE) {
 				c->stats.estale++;

@@ -79,13 +79,20 @@ struct ue_producers {
 	uint32_t nthreads;
 	uint64_t writes_per_thread; /* 0: until stopped */
 	uint64_t value;
-	int mode; /* 0: write(value) as u64; 1: ioctl(fd, value >> 32, value & 0xffffffff) */
+	/*
+	 * 0: write(value) as u64; 1: ioctl(fd, value >> 32, value & 0xffffffff);
+	 * 2: publish value as events for fd straight into the emulator's ring (no system call)
+	 */
+	int mode;
+	struct ue_emu *emu; /* mode 2 */
 	int stop;
 	struct producer threads[];
 };
 
 static int produce_one(struct ue_producers *g, int fd)
 {
+	if (g->mode == 2)
+		return ue_emu_inject(g->emu, fd, (uint32_t)g->value);
 	for (;;) {
 		if (g->mode == 0) {
 			ssize_t ret = write(fd, &g->value, sizeof(g->value));
@@ -137,15 +144,15 @@ static void *producer_main(void *arg)
 	return NULL;
 }
 
-struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
-					uint64_t writes_per_thread, uint64_t value, int mode,
-					int *err)
+static struct ue_producers *start_group(const int *fds, uint32_t nfds, uint32_t nthreads,
+				       uint64_t writes_per_thread, uint64_t value, int mode,
+				       struct ue_emu *emu, int *err)
 {
 	struct ue_producers *g;
 	uint32_t t;
 
 	*err = 0;
-	if (!nfds || !nthreads || nthreads > nfds || nthreads > 256 || (mode != 0 && mode != 1)) {
+	if (!nfds || !nthreads || nthreads > nfds || nthreads > 256) {
 		*err = -EINVAL;
 		return NULL;
 	}
@@ -160,6 +167,7 @@ struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t 
 	g->writes_per_thread = writes_per_thread;
 	g->value = value;
 	g->mode = mode;
+	g->emu = emu;
 	for (t = 0; t < nthreads; t++) {
 		int ret;
 
@@ -176,6 +184,34 @@ struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t 
 		}
 	}
 	return g;
+}
+
+struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
+					uint64_t writes_per_thread, uint64_t value, int mode,
+					int *err)
+{
+	if (mode != 0 && mode != 1) {
+		*err = -EINVAL;
+		return NULL;
+	}
+	return start_group(fds, nfds, nthreads, writes_per_thread, value, mode, NULL, err);
+}
+
+/*
+ * Producer threads publishing straight into the emulator's ring, as the kernel's wake-up
+ * callback would, with no file and no poller thread between them and the consumer: the ring
+ * protocol alone. An item already pending gets no second entry (that is the protocol), so a
+ * publish is not always a new event. The emulator must outlive the group.
+ */
+struct ue_producers *ue_producers_start_inject(struct ue_emu *emu, const int *fds,
+					       uint32_t nfds, uint32_t nthreads, uint32_t events,
+					       int *err)
+{
+	if (!emu || !events) {
+		*err = -EINVAL;
+		return NULL;
+	}
+	return start_group(fds, nfds, nthreads, 0, events, 2, emu, err);
 }
 
 void ue_producers_stop(struct ue_producers *g)

@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 11
+#define UE_NATIVE_VERSION 12
 
 #define UE_USERPOLL_MAGIC 0xeb01eb01u
 #define UE_HEADER_SIZE 128u
@@ -75,6 +75,7 @@ struct ue_stats {
 	uint64_t spins;       /* bounded spins started on an empty ring */
 	uint64_t spin_hits;   /* spins that saw the tail move */
 	uint64_t skipped;     /* entries consumed without an event (EPOLLREMOVED, masked) */
+	uint64_t slot_waits;  /* protocol 3: drains stopped at a reserved, unwritten slot */
 };
 
 struct ue_emu;
@@ -126,11 +127,14 @@ int ue_sys_epoll_wait_null(int epfd, int timeout_ms);
 int ue_sys_epoll_wait_ns(int epfd, void *events, int maxevents, int64_t timeout_ns);
 int ue_sys_eventfd(unsigned int initval, int flags);
 
-/* Benchmark and load-test producers: C threads writing 1 to eventfds */
+/* Benchmark and load-test producers: C threads writing eventfds, or publishing into an emulator */
 struct ue_producers;
 struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
 					uint64_t writes_per_thread, uint64_t value, int mode,
 					int *err);
+struct ue_producers *ue_producers_start_inject(struct ue_emu *emu, const int *fds,
+					       uint32_t nfds, uint32_t nthreads, uint32_t events,
+					       int *err);
 int ue_producers_join(struct ue_producers *p, uint64_t *written);
 void ue_producers_stop(struct ue_producers *p);
 long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);
