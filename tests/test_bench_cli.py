@@ -42,7 +42,8 @@ def test_json_report(tmp_path: Path) -> None:
     assert any("vs select.epoll.poll" in label for label in labels)
     assert any(label.endswith("p99.9") for label in labels)
     assert any("consumer sleeps per 1000 events" in label for label in labels)
-    assert any(label.startswith("protocol 5 vs 3") for label in labels)
+    assert any(label.startswith("ring only, 5 vs 3") for label in labels)
+    assert any(label.startswith("end to end, 5 vs 3") for label in labels)
     assert [row["registered"] for row in report["memory"]] == [1, 1024]
     for row in report["memory"]:
         assert row["ring_bytes"] >= 4096 * 2 and row["ring_bytes"] % 4096 == 0

@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,25 +169,41 @@ def consume_for(
 
 
 @contextmanager
-def c_producers(fds: list[int], threads: int, value: int = 1, mode: int = 0) -> Iterator[Any]:
-    """C threads driving the fds round-robin until the block ends: mode 0 writes *value* as a
-    u64 (eventfd, EFD_VPOLL command), mode 1 is ioctl(fd, value >> 32, value & 0xffffffff)."""
+def _thread_group(fds: list[int], what: str, start: Callable[[Any, Any], Any]) -> Iterator[Any]:
+    """Run a C producer group (``start(fds_pointer, err)``) for the block; yield the counter
+    that holds its total once joined, and raise the first thread's error then."""
     array = np.array(fds, dtype=np.int32)
     err = ffi.new("int *")
-    group = lib.ue_producers_start(
-        ffi.cast("int *", ffi.from_buffer(array)), len(fds), threads, 0, value, mode, err
-    )
+    group = start(ffi.cast("int *", ffi.from_buffer(array)), err)
     if group == ffi.NULL:
-        raise os_error(err[0], "starting producer threads")
-    written = ffi.new("uint64_t *")
+        raise os_error(err[0], f"starting {what} threads")
+    total = ffi.new("uint64_t *")
     try:
-        yield written
+        yield total
     finally:
         lib.ue_producers_stop(group)
-        ret = lib.ue_producers_join(group, written)
+        ret = lib.ue_producers_join(group, total)
         _ = array  # the threads read it until joined
         if ret < 0:
-            raise os_error(ret, "producer thread")
+            raise os_error(ret, f"{what} thread")
+
+
+def c_producers(fds: list[int], threads: int, value: int = 1,
+                mode: int = 0) -> AbstractContextManager[Any]:
+    """C threads driving the fds round-robin until the block ends: mode 0 writes *value* as a
+    u64 (eventfd, EFD_VPOLL command), mode 1 is ioctl(fd, value >> 32, value & 0xffffffff).
+    ``total[0]`` is the number of writes once the block is left."""
+    return _thread_group(fds, "producer", lambda array, err: lib.ue_producers_start(
+        array, len(fds), threads, 0, value, mode, err))
+
+
+def c_injectors(emu: Any, fds: list[int], threads: int,
+                events: int = select.EPOLLIN) -> AbstractContextManager[Any]:
+    """C threads publishing *events* for the registered *fds* straight into a thread
+    backend's ring (``emu`` is its producer) until the block ends: the ring protocol with no
+    file and no poller thread in the way."""
+    return _thread_group(fds, "injector", lambda array, err: lib.ue_producers_start_inject(
+        emu, array, len(fds), threads, events, err))
 
 
 @contextmanager
