@@ -52,9 +52,10 @@ def test_kernel_is_uml() -> None:
 
 
 def test_package_suite_inside_kernel(tmp_path: Path) -> None:
-    """The whole non-uml suite against the real kernel, with the kernel backend required."""
+    """The whole non-uml suite and the benchmark suites (once each) against the real kernel,
+    with the kernel backend required."""
     result = uml_support.run_in_kernel(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "bench",
          "-m", "not uml"],
         timeout=1800,
         extra_env={

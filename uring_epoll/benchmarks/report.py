@@ -57,7 +57,7 @@ def format_table(report: dict[str, Any]) -> str:
         ring, base = r["ring"], r["baseline"]
         lines.append(
             f"{r['scenario']:<10} {r['label']:<{what}} {_fmt(ring['median']):>10} "
-            f"{_fmt(base['median']):>10} {ring['unit']:<13} {r['ratio']:.2f}x"
+            f"{_fmt(base['median']):>10} {ring['unit']:<13} {_ratio_text(r['ratio'])}"
         )
     lines.append(
         "Medians over repeats; ratio = the second's cost / the first's (rates: first / second),"
@@ -116,7 +116,7 @@ def format_markdown(report: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"| {r['label']} | {_spread(r['ring'])} | {_spread(r['baseline'])} "
-                f"| {r['ring']['unit']} | {r['ratio']:.2f}x |"
+                f"| {r['ring']['unit']} | {_ratio_text(r['ratio'])} |"
             )
     memory = report.get("memory") or []
     if memory:
@@ -149,7 +149,9 @@ def _fmt(value: float) -> str:
 
 
 def plot(report: dict[str, Any], path: str) -> None:
-    """One panel per scenario: ring against baseline per comparison, log scale."""
+    """One panel per scenario. Drain: ns per event against batch size, one line per method.
+    A scenario whose figures share one unit: both sides as bars on a log axis. Mixed units:
+    the ratios, with 1 (no difference) marked. Then the memory per epfd, when measured."""
     try:
         import matplotlib
 
@@ -162,34 +164,84 @@ def plot(report: dict[str, Any], path: str) -> None:
     scenarios = list(dict.fromkeys(r["scenario"] for r in report["results"]))
     memory = report.get("memory") or []
     panels = len(scenarios) + (1 if memory else 0)
-    fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False)
+    fig, axes = plt.subplots(panels, 1, figsize=(13, 4.6 * panels), squeeze=False)
     if memory:
         _plot_memory(axes[-1, 0], memory)
     for ax, scenario in zip(axes[: len(scenarios), 0], scenarios, strict=True):
         rows = [r for r in report["results"] if r["scenario"] == scenario]
-        ys = np.arange(len(rows))
-        ring = [r["ring"]["median"] for r in rows]
-        base = [r["baseline"]["median"] for r in rows]
-        ring_err = [[r["ring"]["median"] - r["ring"]["low"] for r in rows],
-                    [r["ring"]["high"] - r["ring"]["median"] for r in rows]]
-        base_err = [[r["baseline"]["median"] - r["baseline"]["low"] for r in rows],
-                    [r["baseline"]["high"] - r["baseline"]["median"] for r in rows]]
-        ax.barh(ys - 0.2, ring, 0.4, xerr=ring_err, label="first (ring)")
-        ax.barh(ys + 0.2, base, 0.4, xerr=base_err, label="second (baseline)")
-        ax.set_yticks(ys, [f"{r['label']}  ({r['ratio']:.2f}x)" for r in rows], fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel(rows[0]["ring"]["unit"] if len({r["ring"]["unit"] for r in rows}) == 1
-                      else "value (see labels)")
-        ax.invert_yaxis()
+        if scenario == "drain":
+            _plot_drain(ax, rows)
+        elif len({r["ring"]["unit"] for r in rows}) == 1:
+            _plot_sides(ax, rows)
+        else:
+            _plot_ratios(ax, rows)
         ax.set_title(scenario)
-        ax.legend(fontsize=7)
     env = report["environment"]
     title = f"uring-epoll {env['uring_epoll']}: {env['kernel']}, {env['cpus']} CPUs"
     if env.get("user_mode_linux"):
         title += " (User-Mode Linux: compare ratios only)"
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=110)
+
+
+def _plot_drain(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Every measured method's ns/event against the batch size, log-log."""
+    lines: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        batch = int(r["label"].rsplit("batch ", 1)[1])
+        for side in ("ring", "baseline"):
+            lines.setdefault(r[side]["name"], {})[batch] = r[side]
+    for name, points in lines.items():
+        batches = sorted(points)
+        medians = np.array([points[b]["median"] for b in batches])
+        errors = [medians - [points[b]["low"] for b in batches],
+                  np.array([points[b]["high"] for b in batches]) - medians]
+        ax.errorbar(batches, medians, yerr=errors, marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("ready events per call")
+    ax.set_ylabel(rows[0]["ring"]["unit"])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _plot_sides(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Both sides of every comparison as bars with their spread, log scale."""
+    ys = np.arange(len(rows))
+    for offset, side, label in ((-0.2, "ring", "first (ring)"),
+                                (0.2, "baseline", "second (baseline)")):
+        medians = [r[side]["median"] for r in rows]
+        spread = [[r[side]["median"] - r[side]["low"] for r in rows],
+                  [r[side]["high"] - r[side]["median"] for r in rows]]
+        ax.barh(ys + offset, medians, 0.4, xerr=spread, label=label)
+    ax.set_yticks(ys, [f"{r['label']}  ({_ratio_text(r['ratio'])})" for r in rows],
+                  fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(rows[0]["ring"]["unit"])
+    ax.invert_yaxis()
+    ax.legend(fontsize=7)
+
+
+def _plot_ratios(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Mixed units: one bar per comparison, its ratio (> 1: the first side is better)."""
+    ys = np.arange(len(rows))
+    ratios = [max(r["ratio"], 1e-3) for r in rows]
+    colors = ["tab:green" if value >= 1 else "tab:red" for value in ratios]
+    ax.barh(ys, ratios, 0.6, color=colors)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [r["label"] for r in rows], fontsize=7)
+    for y, r in zip(ys, rows, strict=True):
+        ax.annotate(f" {_ratio_text(r['ratio'])}", (max(r["ratio"], 1e-3), y), va="center",
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio, first / second for rates and counts per call, second / first for "
+                  "costs (> 1: the first is better)")
+    ax.invert_yaxis()
+
+
+def _ratio_text(value: float) -> str:
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
 
 
 def _plot_memory(ax: Any, rows: list[dict[str, Any]]) -> None:
