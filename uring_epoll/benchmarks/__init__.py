@@ -93,7 +93,7 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
     """Run the same bench inside the patched User-Mode Linux; return its JSON report."""
     import tempfile
 
-    from . import uml
+    from .. import uml
 
     forwarded = ["--quick"] if args.quick else []
     for scenario in args.scenario or []:

@@ -125,7 +125,9 @@ def c_floor(value: float, what: str) -> float:
 
 
 def ratio(cost_baseline: float, cost_ring: float) -> float:
-    return cost_baseline / cost_ring if cost_ring else float("inf")
+    """baseline / ring for costs; 0 when the ring's cost netted to 0 (below what the clock can
+    resolve), which the table shows as n/a. Never inf: the JSON must stay strict."""
+    return cost_baseline / cost_ring if cost_ring > 0 else 0.0
 
 
 @dataclass

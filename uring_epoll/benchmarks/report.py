@@ -241,6 +241,8 @@ def _plot_ratios(ax: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _ratio_text(value: float) -> str:
+    if value <= 0:
+        return "n/a"  # one side netted to 0: below the clock's resolution
     return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
 
 

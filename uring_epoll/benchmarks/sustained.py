@@ -93,7 +93,7 @@ def compare_runs(
         first = summary(ring_name, unit, [getattr(t, attr) for t in ring])
         second = summary(base_name, unit, [getattr(t, attr) for t in base])
         better, worse = (first, second) if more_is_better else (second, first)
-        value = better.median / worse.median if worse.median else float("inf")
+        value = better.median / worse.median if worse.median > 0 else 0.0
         results.append(Comparison(scenario, f"{label}: {what}", first, second, value))
     return results
 
