@@ -112,3 +112,31 @@ def test_load_rejects_other_json(tmp_path: Path) -> None:
     result = bench("--load", str(other))
     assert result.returncode == 2
     assert "not a uring-epoll bench report" in result.stderr
+
+
+@pytest.mark.uml
+def test_kernel_bench(tmp_path: Path) -> None:
+    """``bench --kernel``: the same scenarios inside the patched User-Mode Linux, the kernel
+    backend beside select.epoll in the same run, the figures labelled as User-Mode Linux's."""
+    import uml_support
+
+    uml_support.kernel()  # build or reuse it; in CI a kernel that cannot be had fails here
+    out = tmp_path / "uml.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "uring_epoll.cli", "bench", "--kernel", "--quick",
+         "--json-file", str(out)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "User-Mode Linux figures" in result.stdout
+    report = json.loads(out.read_text())
+    env = report["environment"]
+    assert env["user_mode_linux"] is True
+    assert "kernel" in env["backends"]
+    assert {r["scenario"] for r in report["results"]} == set(SCENARIOS)
+    labels = [r["label"] for r in report["results"]]
+    assert "kernel (eventfd): consumer CPU/event" in labels
+    assert "kernel sleep p99.9" in labels
+    assert {r["ring"]["name"] for r in report["results"] if r["scenario"] == "drain"} >= {
+        "kernel poll_into", "kernel poll"}
+    assert {row["backend"] for row in report["memory"]} == {"kernel"}
