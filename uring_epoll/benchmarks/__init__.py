@@ -107,7 +107,8 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="uring-epoll-bench-", dir=os.getcwd()) as tmp:
         out = os.path.join(tmp, "report.json")
         argv = [sys.executable, "-m", "uring_epoll.cli", "bench", *forwarded, "--json-file", out]
-        code = uml.run(argv, timeout=3600)
+        # The guest's table would print twice: keep its stderr (progress, errors), print ours.
+        code = uml.run(argv, timeout=3600, stdout=None)
         if code != 0:
             raise SystemExit(f"bench inside the kernel failed with exit status {code}")
         with open(out) as f:
