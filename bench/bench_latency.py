@@ -23,7 +23,7 @@ import pytest
 
 import uring_epoll
 from uring_epoll import probe
-from uring_epoll.benchmarks.latency import POLL_TIMEOUT, pinger
+from uring_epoll.benchmarks.latency import POLL_TIMEOUT, pinger, stdlib_waiter
 
 GAP_NS = 20_000
 SPIN_US = 100.0
@@ -99,18 +99,10 @@ def test_select_epoll_wakeup(benchmark, fd: int, mode: str) -> None:
     now = time.monotonic_ns
     with select.epoll() as ep:
         ep.register(fd, select.EPOLLIN | select.EPOLLET)
-        poll = ep.poll
+        take = stdlib_waiter(ep, spin_ns)
 
         def wait() -> tuple[int, int, int, int]:
-            got = []
-            if spin_ns:
-                # The stdlib's bounded spin: poll(0) until the bound, then block.
-                end = now() + spin_ns
-                got = poll(0, 1)
-                while not got and now() < end:
-                    got = poll(0, 1)
-            if not got:
-                got = poll(POLL_TIMEOUT, 1)
+            got = take()
             t1 = now()
             return (t1, len(got), *got[0]) if got else (t1, 0, -1, 0)
 

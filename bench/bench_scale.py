@@ -24,8 +24,10 @@ import pytest
 
 import uring_epoll
 from uring_epoll import probe
+from uring_epoll.benchmarks.common import eventfds as open_eventfds
+from uring_epoll.benchmarks.common import raise_nofile
 from uring_epoll.benchmarks.drain import refill
-from uring_epoll.benchmarks.scale import raise_nofile, spread
+from uring_epoll.benchmarks.scale import spread
 
 SIZES = [1, 256, 4096]
 READY = 16
@@ -41,14 +43,8 @@ def eventfds() -> Iterator[list[int]]:
     count = max(SIZES)
     if soft != resource.RLIM_INFINITY:
         count = min(count, max(0, soft - HEADROOM))
-    fds: list[int] = []
-    try:
-        for _ in range(count):
-            fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+    with open_eventfds(count) as fds:
         yield fds
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def _registered(eventfds: list[int], n: int) -> list[int]:

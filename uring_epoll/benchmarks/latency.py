@@ -104,25 +104,35 @@ def _consume_ring(
     return out
 
 
+def stdlib_waiter(ep: Any, spin_ns: int) -> Callable[[], list[tuple[int, int]]]:
+    """select.epoll's nearest equivalent of the ring consumer's wait: with *spin_ns*, a
+    bounded busy-poll with ``poll(0)`` (the ring spins on its tail in C for as long), then a
+    blocking ``poll`` for at most POLL_TIMEOUT."""
+    poll = ep.poll
+    now = time.monotonic_ns
+    if not spin_ns:
+        return partial(poll, POLL_TIMEOUT, 1)
+
+    def wait() -> list[tuple[int, int]]:
+        end = now() + spin_ns
+        got = poll(0, 1)
+        while not got and now() < end:
+            got = poll(0, 1)
+        return got or poll(POLL_TIMEOUT, 1)
+
+    return wait
+
+
 def _consume_stdlib(
     ep: Any, fd: int, ack: Callable[[], None], total: int, spin_ns: int, progress: Progress,
     label: str,
 ) -> list[int]:
-    poll = ep.poll
+    wait = stdlib_waiter(ep, spin_ns)
     now = time.monotonic_ns
     read = os.eventfd_read
     out = [0] * total
     for i in range(total):
-        if spin_ns:
-            # Bounded busy-poll, as the ring's spin does in C; then the same blocking poll.
-            end = now() + spin_ns
-            got = poll(0, 1)
-            while not got and now() < end:
-                got = poll(0, 1)
-            if not got:
-                got = poll(POLL_TIMEOUT, 1)
-        else:
-            got = poll(POLL_TIMEOUT, 1)
+        got = wait()
         t1 = now()
         if len(got) != 1 or got[0][0] != fd:
             raise _lost(label, fd, got)

@@ -23,31 +23,18 @@ most often, which is why this scenario spins. It runs twice:
 
 from __future__ import annotations
 
-import select
-
-import numpy as np
-
 from .. import abi
-from .._epoll import epoll
 from .common import Comparison, Progress, Throughput, c_injectors, consume_for, eventfds
-from .sustained import compare_runs, sustained_one
+from .sustained import compare_runs, consumer, sustained_one
 
 
 def ring_only_one(protocol: int, nfds: int, threads: int, seconds: float, progress: Progress,
                   spin_us: float) -> Throughput:
     """A spinning consumer fed by C threads publishing straight into the emulator's ring."""
-    with eventfds(nfds) as fds, epoll(backend="thread", max_items=nfds, spin_us=spin_us,
-                                      protocol=protocol) as ep:
-        for fd in fds:
-            ep.register(fd, select.EPOLLIN | select.EPOLLET)
-        buffer = np.zeros(1024, abi.EVENT_DTYPE)
-        poll_into = ep.poll_into
-
-        def poll_batch() -> int:
-            return poll_into(buffer, 0.05)
-
-        with c_injectors(ep._backend.emu, fds, threads):
-            return consume_for(poll_batch, seconds, progress, f"ring only, protocol {protocol}")
+    with eventfds(nfds) as fds, \
+            consumer("thread", fds, spin_us, protocol) as (poll_batch, ep), \
+            c_injectors(ep._backend.emu, fds, threads):
+        return consume_for(poll_batch, seconds, progress, f"ring only, protocol {protocol}")
 
 
 def scenario_protocol(

@@ -33,9 +33,10 @@ from .common import (
 @contextmanager
 def consumer(
     backend: str, fds: list[int], spin_us: float = 0.0, protocol: int = abi.PROTOCOL_V5,
-) -> Iterator[Callable[[], int]]:
-    """A function taking one batch of events (up to 1024, waiting at most 50 ms) from *fds*
-    registered edge-triggered on *backend* ('stdlib' is select.epoll), closed afterwards."""
+) -> Iterator[tuple[Callable[[], int], Any]]:
+    """``(take_batch, ep)``: *fds* registered edge-triggered on *backend* ('stdlib' is
+    select.epoll) and a function taking one batch of events from it (up to 1024, waiting at
+    most 50 ms); the epoll is closed afterwards."""
     if backend == "stdlib":
         ep: Any = select.epoll()
         for fd in fds:
@@ -55,7 +56,7 @@ def consumer(
         def poll_batch() -> int:
             return poll_into(buffer, 0.05)
     try:
-        yield poll_batch
+        yield poll_batch, ep
     finally:
         ep.close()
 
@@ -66,7 +67,7 @@ def sustained_one(
 ) -> Throughput:
     """One consumer run on *backend* ('stdlib' is select.epoll) fed by C producer threads."""
     with event_sources(source, nfds) as (fds, value, mode), \
-            consumer(backend, fds, spin_us, protocol) as poll_batch, \
+            consumer(backend, fds, spin_us, protocol) as (poll_batch, _), \
             c_producers(fds, threads, value, mode):
         return consume_for(poll_batch, seconds, progress, f"sustained {backend}")
 
