@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 
 import uring_epoll
+from uring_epoll.benchmarks.common import eventfds as open_eventfds
 
 BATCHES = [1, 16, 256, 1024]
 
 
 @pytest.fixture(scope="module")
 def eventfds() -> Iterator[list[int]]:
-    fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(max(BATCHES))]
-    yield fds
-    for fd in fds:
-        os.close(fd)
+    # Raises RLIMIT_NOFILE as needed: 1024 eventfds do not fit a default soft limit of 1024
+    # (User-Mode Linux's).
+    with open_eventfds(max(BATCHES)) as fds:
+        yield fds
 
 
 @pytest.fixture(scope="module")
