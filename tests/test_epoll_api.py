@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -23,6 +24,17 @@ import uring_epoll
 from uring_epoll import EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT, EVENT_DTYPE
 
 ET_IN = EPOLLIN | EPOLLET
+
+
+@contextmanager
+def write_later(efd: int, delay: float) -> Iterator[None]:
+    """Write 1 to *efd* from another thread after *delay* seconds, while the block waits."""
+    timer = threading.Timer(delay, os.eventfd_write, (efd, 1))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
 
 
 @pytest.fixture
@@ -298,23 +310,15 @@ class TestTimeouts:
     def test_forever_until_a_thread_writes(self, backend, pair, efd, timeout) -> None:
         ours, _ = pair
         ours.register(efd, ET_IN)
-        timer = threading.Timer(0.1, os.eventfd_write, (efd, 1))
         started = time.monotonic()
-        timer.start()
-        try:
+        with write_later(efd, 0.1):
             assert ours.poll(timeout) == [(efd, EPOLLIN)]
-        finally:
-            timer.join()
         assert time.monotonic() - started >= 0.09
         os.eventfd_read(efd)
-        timer = threading.Timer(0.05, os.eventfd_write, (efd, 1))
-        timer.start()
-        try:
+        with write_later(efd, 0.05):
             buf = np.zeros(4, EVENT_DTYPE)
             assert ours.poll_into(buf, timeout) == 1
             assert int(buf[0]["data"]) == efd and int(buf[0]["events"]) == EPOLLIN
-        finally:
-            timer.join()
 
     def test_event_already_there_returns_at_once(self, backend, pair, efd) -> None:
         ours, _ = pair
@@ -391,12 +395,8 @@ class TestSignals:
         with uring_epoll.epoll(backend=backend) as ep:
             ep.register(efd, ET_IN)
             alarm(lambda *_: calls.append(1), 0.03)
-            timer = threading.Timer(0.15, os.eventfd_write, (efd, 1))
-            timer.start()
-            try:
+            with write_later(efd, 0.15):
                 assert ep.poll(5) == [(efd, EPOLLIN)]
-            finally:
-                timer.join()
             assert calls == [1]
 
 
@@ -795,12 +795,8 @@ class TestRing:
             ep.register(efd, ET_IN)
             s0 = ep.stats
             assert isinstance(s0, uring_epoll.PollStats)
-            timer = threading.Timer(0.05, os.eventfd_write, (efd, 1))
-            timer.start()
-            try:
+            with write_later(efd, 0.05):
                 assert ep.poll(5) == [(efd, EPOLLIN)]
-            finally:
-                timer.join()
             s1 = ep.stats
             assert s1.sleeps >= s0.sleeps + 1
             assert s1.ring_events == s0.ring_events + 1
@@ -858,12 +854,8 @@ def test_protocol3_on_the_thread_backend_end_to_end(eventfds) -> None:
         assert sorted(got) == [100 + i for i in range(6)]
         assert not ep.index.any()  # the v3 consumer zeroes what it used
         # Blocking wait, then poll() naming the fd.
-        timer = threading.Timer(0.05, os.eventfd_write, (fds[2], 1))
-        timer.start()
-        try:
+        with write_later(fds[2], 0.05):
             assert ep.poll(5) == [(fds[2], EPOLLIN)]
-        finally:
-            timer.join()
         ep.unregister(fds[3])
         os.eventfd_write(fds[3], 1)
         assert ep.poll(0.05) == []
