@@ -85,6 +85,21 @@ def eventfds(count: int) -> Iterator[list[int]]:
             os.close(fd)
 
 
+def open_fd_count() -> int:
+    """Descriptors this process has open now (a guess of 16 where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 16
+
+
+def make_unreadable(fds: list[int]) -> None:
+    """Read the eventfds that are readable, so they are not ready any more."""
+    for fd in fds:
+        with suppress(BlockingIOError):
+            os.eventfd_read(fd)
+
+
 def raise_nofile(need: int) -> tuple[int, int]:
     """Raise RLIMIT_NOFILE towards *need* as far as allowed; return (soft, hard) afterwards.
 
@@ -94,8 +109,7 @@ def raise_nofile(need: int) -> tuple[int, int]:
     """
     # The limit bounds descriptor numbers, so count the ones already open (a test run may
     # hold hundreds) on top of what the caller needs.
-    with suppress(OSError):
-        need += len(os.listdir("/proc/self/fd"))
+    need += open_fd_count()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     infinite = resource.RLIM_INFINITY
     if soft != infinite and soft < need:

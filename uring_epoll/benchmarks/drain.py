@@ -9,7 +9,7 @@ import select
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .common import (
     c_floor,
     clock_overhead_ns,
     eventfds,
+    make_unreadable,
     ratio,
     summary,
 )
@@ -77,9 +78,7 @@ def _level_ready(fds: list[int]) -> Iterator[select.epoll]:
         yield ep
     finally:
         ep.close()
-        for fd in fds:
-            with suppress(BlockingIOError):
-                os.eventfd_read(fd)
+        make_unreadable(fds)
 
 
 def _stdlib_poll_ns(fds: list[int], batch: int, calls: int, overhead: float) -> list[float]:

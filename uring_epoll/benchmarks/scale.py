@@ -37,7 +37,16 @@ import numpy as np
 
 from .. import abi
 from .._epoll import epoll
-from .common import Comparison, Progress, clock_overhead_ns, raise_nofile, ratio, summary
+from .common import (
+    Comparison,
+    Progress,
+    clock_overhead_ns,
+    make_unreadable,
+    open_fd_count,
+    raise_nofile,
+    ratio,
+    summary,
+)
 from .drain import refill
 
 #: The kernel's per-registration slab caches: one epitem per (epfd, fd), one eppoll_entry per
@@ -55,13 +64,6 @@ _BLOCK = 32
 _FDS_PER_RING = 4
 #: Descriptors kept free beside the eventfds: the rings', select.epoll's, Python's own.
 _FD_HEADROOM = 64 + _BLOCK * _FDS_PER_RING
-
-
-def _open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 16
 
 
 def _limit_text(limit: int) -> str:
@@ -82,13 +84,6 @@ def _open_eventfds(count: int) -> tuple[list[int], OSError | None]:
             raise
         return fds, exc
     return fds, None
-
-
-def _drain_fds(fds: list[int]) -> None:
-    """Make the eventfds unreadable again."""
-    for fd in fds:
-        with suppress(BlockingIOError):
-            os.eventfd_read(fd)
 
 
 def spread(fds: list[int], ready: int) -> list[int]:
@@ -219,7 +214,7 @@ def _stdlib_poll_ns(
             samples.append(max(t1 - t0 - overhead, 0.0) / _BLOCK)
         return samples
     finally:
-        _drain_fds(ready)
+        make_unreadable(ready)
 
 
 # ---- kernel slab memory of the registrations -----------------------------------------------
@@ -329,8 +324,8 @@ def scenario_scale(
             wanted.append(n)
     if not wanted:
         return [], [], notes
-    headroom = _open_fds() + _FD_HEADROOM
-    soft, hard = raise_nofile(max(wanted) + headroom)
+    headroom = open_fd_count() + _FD_HEADROOM
+    soft, hard = raise_nofile(max(wanted) + _FD_HEADROOM)  # it adds what is open already
     fits = [n for n in wanted if soft == resource.RLIM_INFINITY or n + headroom <= soft]
     for n in wanted:
         if n not in fits:
@@ -462,7 +457,7 @@ def _one_size(
         finally:
             for ring in rings:
                 ring.close()
-            _drain_fds([fd for group in sets for fd in group])  # kernel: refilled by writes
+            make_unreadable([fd for group in sets for fd in group])  # kernel: refilled by writes
         progress(f"scale: {n} registered, repeat {rep + 1}/{repeats}: select.epoll")
         reg_ns, (std,) = _time_register(select.epoll, select.EPOLLIN, fds, overhead)
         try:
