@@ -31,7 +31,8 @@ import pytest
 from backends import ALL, scaled
 
 import uring_epoll
-from uring_epoll._native_lib import ffi, lib, os_error
+from uring_epoll._bench_lib import ffi, lib
+from uring_epoll._native_lib import os_error
 
 NFDS = 2000  # registering them is cheap even in UML; the writes are what scale
 THREADS = 4

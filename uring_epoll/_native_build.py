@@ -1,7 +1,9 @@
-"""cffi API-mode builder for ``uring_epoll._native``.
+"""cffi API-mode builder for ``uring_epoll._native``, the runtime module.
 
-The declarations below are the whole C surface Python sees; the implementation lives in the
-``csrc/`` sources beside this file. Run by setuptools through ``cffi_modules`` in setup.py.
+The module's C interface is declared once, in ``csrc/ue.h``: this builder reads that header's
+cdef region (:func:`read_cdef`) and hands it to cffi, so Python and C cannot disagree about a
+prototype. Run by setuptools through ``cffi_modules`` in setup.py; the benchmark module's
+builder (``_bench_native_build.py``) reuses the header reader and the compiler flags.
 """
 
 from __future__ import annotations
@@ -9,103 +11,156 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cffi import FFI
+from cffi import FFI, CDefError
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["ring.c", "emu.c", "sys.c", "bench.c", "latency.c"]
+HEADER = CSRC / "ue.h"
+SOURCES = ["ring.c", "emu.c", "sys.c"]
 
-CDEF = """
-struct ue_ring { ...; };
-struct ue_stats {
-    uint64_t ring_events, sleeps, estale, spins, spin_hits, skipped, slot_waits;
-};
-struct ue_consumer {
-    struct ue_stats stats;
-    uint32_t bad_position, bad_value, bad_kind;
-    ...;
-};
-struct ue_emu;
-struct ue_producers;
-struct ue_binding {
-    struct ue_consumer *consumer;
-    void *out;
-    uint64_t *data_out;
-    uint32_t max;
-};
+#: Every build (users' included) treats warnings as errors: the C here is small, and a
+#: warning in it has so far always been a bug. The -Werror= list is what GCC 14 refuses by
+#: default, spelled out so that older compilers refuse it too (return-type stands for GCC
+#: 14's return-mismatch). -Wmissing-prototypes makes an external function with no prototype
+#: in sight an error: cffi calls nothing the headers do not declare.
+CFLAGS = [
+    "-O2",
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Werror=implicit-function-declaration",
+    "-Werror=implicit-int",
+    "-Werror=int-conversion",
+    "-Werror=incompatible-pointer-types",
+    "-Werror=return-type",
+    "-Wmissing-prototypes",
+    "-Wstrict-prototypes",
+]
 
-#define UE_NATIVE_VERSION ...
-#define UE_WAIT_KERNEL ...
-#define UE_WAIT_FUTEX ...
-#define UE_WAIT_EPOLL ...
+BEGIN = "/* cdef: begin */"
+END = "/* cdef: end */"
 
-int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, void *index,
-                     size_t index_len, int protocol, int mode, int epfd, struct ue_emu *emu,
-                     uint64_t spin_ns);
-long ue_drain(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents);
-long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
-             int64_t timeout_ns);
-int ue_consumer_init_epoll(struct ue_consumer *c, int epfd);
-long ue_poll_bound(const struct ue_binding *b, int64_t timeout_ns);
-void ue_consumer_close(struct ue_consumer *c);
-void ue_consumer_quiesce(struct ue_consumer *c);
-
-struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t index_len,
-                          uint32_t max_items, int protocol, int *err);
-int ue_emu_start(struct ue_emu *emu);
-int ue_emu_ctl(struct ue_emu *emu, int op, int fd, uint32_t events, uint64_t data);
-int ue_emu_inject(struct ue_emu *emu, int fd, uint32_t events);
-int ue_emu_sync(struct ue_emu *emu);
-int ue_emu_forget(struct ue_emu *emu, int fd);
-int ue_emu_inner_fd(struct ue_emu *emu);
-int ue_emu_thread_error(struct ue_emu *emu);
-int ue_emu_stop(struct ue_emu *emu);
-void ue_emu_free(struct ue_emu *emu);
-
-int ue_sys_epoll_create2(long nr, int flags, size_t size);
-int ue_sys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
-int ue_sys_epoll_wait(int epfd, void *events, int maxevents, int timeout_ms);
-int ue_sys_epoll_wait_null(int epfd, int timeout_ms);
-int ue_sys_epoll_wait_ns(int epfd, void *events, int maxevents, int64_t timeout_ns);
-int ue_sys_eventfd(unsigned int initval, int flags);
-
-struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
-                                        uint64_t writes_per_thread, uint64_t value, int mode,
-                                        int *err);
-struct ue_producers *ue_producers_start_inject(struct ue_emu *emu, const int *fds,
-                                               uint32_t nfds, uint32_t nthreads,
-                                               uint32_t events, int *err);
-int ue_producers_join(struct ue_producers *p, uint64_t *written);
-void ue_producers_stop(struct ue_producers *p);
-long ue_eventfd_consume(const void *events, uint32_t n, uint64_t *sum);
-
-struct ue_pinger;
-struct ue_pinger *ue_pinger_start(int fd, uint64_t count, uint64_t gap_ns, int *err);
-void ue_pinger_ack(struct ue_pinger *p);
-void ue_pinger_stop(struct ue_pinger *p);
-int ue_pinger_join(struct ue_pinger *p, uint64_t *sent);
-
-double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange);
-double ue_bench_epoll_wait(int epfd, uint32_t batch, uint32_t rounds);
-double ue_bench_iouring_multishot(const int *fds, uint32_t n, uint32_t rounds);
-"""
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_ACCESS = {"/* private: */": "@private@", "/* public: */": "@public@"}
+_DEFINE = re.compile(r"#\s*define\s+([A-Za-z_]\w*)(?:\s+(\S.*))?$")
 
 
-def native_version() -> int:
-    """The interface version compiled into the module (from ue.h)."""
-    match = re.search(r"#define UE_NATIVE_VERSION (\d+)", (CSRC / "ue.h").read_text())
-    assert match, "UE_NATIVE_VERSION missing from ue.h"
-    return int(match.group(1))
+def _without_comments(text: str) -> str:
+    """Comments removed (their newlines kept, so lines keep their numbers); the private: and
+    public: markers become @private@ and @public@."""
+
+    def replace(match: re.Match[str]) -> str:
+        comment = match.group(0)
+        return _ACCESS.get(comment, "\n" * comment.count("\n"))
+
+    return _COMMENT.sub(replace, text)
+
+
+def _hide_private(text: str, where: str) -> str:
+    """Each ``@private@`` run of struct members (up to ``@public@`` or the struct's closing
+    brace) becomes ``...;``: cffi takes those members' room and the offsets of the others
+    from the compiler."""
+    out: list[str] = []
+    pos = 0
+    while (start := text.find("@private@", pos)) >= 0:
+        out.append(text[pos:start])
+        depth, i = 0, start + len("@private@")
+        while i < len(text):
+            if text.startswith("@public@", i) and depth == 0:
+                end, pos = i, i + len("@public@")
+                break
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                if depth == 0:
+                    end = pos = i
+                    break
+                depth -= 1
+            i += 1
+        else:
+            raise ValueError(f"{where}: a private: section never ends")
+        hidden = text[start:end]
+        if "@private@" in hidden[1:]:
+            raise ValueError(f"{where}: private: inside a private: section")
+        out.append("...;" + "\n" * hidden.count("\n"))
+    out.append(text[pos:])
+    result = "".join(out)
+    if "@public@" in result:
+        raise ValueError(f"{where}: public: without a private: before it")
+    return result
+
+
+def read_cdef(header: Path) -> str:
+    """The cdef text of *header*: what lies between its ``cdef: begin`` and ``cdef: end``
+    lines, comments removed, private struct members as ``...;`` and each ``#define NAME
+    value`` as ``#define NAME ...`` (cffi then takes the value from the compiler, which
+    checks that it is an integer constant). Lines keep their numbers in the header, so a
+    cffi error points at the header's line. Any other preprocessor line, a function-like
+    macro or a missing marker is a ValueError: the builder never guesses."""
+    lines = header.read_text().splitlines()
+    begins = [n for n, line in enumerate(lines) if line.strip() == BEGIN]
+    ends = [n for n, line in enumerate(lines) if line.strip() == END]
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise ValueError(f"{header}: needs one {BEGIN!r} line, then one {END!r} line")
+    first = begins[0] + 1
+    region = "\n".join(lines[first : ends[0]])
+    text = _hide_private(_without_comments(region), str(header))
+    out = []
+    for number, line in enumerate(text.split("\n"), start=first + 1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            match = _DEFINE.match(stripped)
+            if not match or not match.group(2) or stripped.endswith("\\"):
+                raise ValueError(
+                    f"{header}:{number}: only one-line object-like #defines with a value "
+                    f"belong in the cdef region: {stripped!r}"
+                )
+            line = f"#define {match.group(1)} ..."
+        out.append(line)
+    # Padding: cffi numbers the lines of what it is given; make those the header's.
+    return "\n" * first + "\n".join(out) + "\n"
+
+
+def declared_functions(ffi: FFI) -> list[str]:
+    """Names of the functions declared in *ffi*'s cdef."""
+    # cffi keeps its declarations as "function NAME", "struct NAME", ... keys (no public API
+    # lists them).
+    declarations = ffi._parser._declarations  # type: ignore[attr-defined,unused-ignore]
+    return sorted(key.split(" ", 1)[1] for key in declarations if key.startswith("function "))
+
+
+def cdef_from_header(ffi: FFI, header: Path) -> None:
+    """``ffi.cdef`` of *header*'s cdef region; any error names the header and stops the build."""
+    try:
+        ffi.cdef(read_cdef(header))
+    except CDefError as exc:
+        # cffi's positions are the header's lines (read_cdef keeps them): say which file.
+        where = str(exc).replace("<cdef source string>", str(header))
+        raise CDefError(f"cannot use {header.name} as the cdef: {where}") from exc
+    if not declared_functions(ffi):
+        raise CDefError(f"{header.name}: the cdef region declares no function")
+
+
+def module_prelude(module: str, header: str) -> str:
+    """The C text cffi puts before its own code: the header, and the prototype of the module's
+    init function, which Python.h does not declare (-Wmissing-prototypes)."""
+    return f'#include "{header}"\n\nPyMODINIT_FUNC PyInit_{module}(void);\n'
+
+
+def sources(names: list[str]) -> list[str]:
+    """Source paths as setuptools wants them: relative to the project root."""
+    return [str((CSRC / name).relative_to(HERE.parent)) for name in names]
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+cdef_from_header(ffibuilder, HEADER)
 ffibuilder.set_source(
     "uring_epoll._native",
-    '#include "ue.h"',
-    sources=[str((CSRC / name).relative_to(HERE.parent)) for name in SOURCES],
+    module_prelude("_native", HEADER.name),
+    sources=sources(SOURCES),
     include_dirs=[str(CSRC.relative_to(HERE.parent))],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_compile_args=CFLAGS,
     libraries=["pthread"],
 )
 

@@ -1,7 +1,8 @@
 """Runtime side of the native layer: load the cffi module, refuse a stale build, map errors.
 
-Build-time declarations live in ``_native_build.py``; this module is what the rest of the
-package imports (the cryptography split between ``_cffi_src`` and ``bindings``).
+The declarations live in ``csrc/ue.h``, which ``_native_build.py`` hands to cffi; this module
+is what the rest of the package imports (the cryptography split between ``_cffi_src`` and
+``bindings``). Benchmark and load-test C code is a separate module: see ``_bench_lib``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 
 #: Must equal UE_NATIVE_VERSION in csrc/ue.h; a mismatch means the compiled module is older
 #: (or newer) than the Python code calling it.
-EXPECTED_NATIVE_VERSION = 12
+EXPECTED_NATIVE_VERSION = 13
 
 try:
     from uring_epoll._native import ffi, lib

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .._native_lib import ffi, lib, os_error
+from .._bench_lib import RUNTIME, ffi, lib
+from .._native_lib import os_error
 
 
 @dataclass
@@ -223,7 +224,7 @@ def c_injectors(emu: Any, fds: list[int], threads: int,
     backend's ring (``emu`` is its producer) until the block ends: the ring protocol with no
     file and no poller thread in the way."""
     return _thread_group(fds, "injector", lambda array, err: lib.ue_producers_start_inject(
-        emu, array, len(fds), threads, events, err))
+        RUNTIME, emu, array, len(fds), threads, events, err))
 
 
 @contextmanager

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import abi
+from .._bench_lib import RUNTIME, ffi, lib
 from .._epoll import epoll
-from .._native_lib import ffi, lib
 from .common import (
     Comparison,
     Progress,
@@ -149,8 +149,8 @@ def scenario_drain(
                                                              overhead)))
                     rows["stdlib"].append(med(_stdlib_poll_ns(fds, batch, n_calls, overhead)))
                     rows["c_epoll"].append(_c_epoll_wait_ns(fds, batch, n_calls))
-                    rows["floor"].append(c_floor(lib.ue_bench_drain_floor(batch, n_calls, 1),
-                                                  "drain floor"))
+                    floor_ns = lib.ue_bench_drain_floor(RUNTIME, batch, n_calls, 1)
+                    rows["floor"].append(c_floor(floor_ns, "drain floor"))
                     uring = _iouring_ns(fds, batch, n_calls)
                     if isinstance(uring, str):
                         if uring not in notes:

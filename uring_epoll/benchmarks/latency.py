@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from .. import abi, probe
+from .._bench_lib import ffi, lib
 from .._epoll import epoll
-from .._native_lib import ffi, lib, os_error
+from .._native_lib import os_error
 from .common import Comparison, Progress, ratio, summary
 
 MODES = ("sleep", "spin")

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ue.h"
+#include "ue_bench.h"
 
 static uint64_t clock_ns(void)
 {
@@ -40,11 +40,13 @@ static double median(double *v, uint32_t n)
 }
 
 /*
- * The consumer's own drain (ring.c) over a ring of nitems pending entries, refilled between
- * rounds. exchange == 0 measures a plain load-and-store drain instead, which is not correct
- * against a live producer (a bit ORed in between is lost) but shows what the atomic costs.
+ * The consumer's own drain (ring.c, reached through the runtime module's table rt) over a
+ * ring of nitems pending entries, refilled between rounds. exchange == 0 measures a plain
+ * load-and-store drain instead, which is not correct against a live producer (a bit ORed in
+ * between is lost) but shows what the atomic costs.
  */
-double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange)
+double ue_bench_drain_floor(const struct ue_runtime *rt, uint32_t nitems, uint32_t rounds,
+			    int exchange)
 {
 	size_t header_len = (UE_HEADER_SIZE + 16ull * nitems + 4095) & ~4095ull;
 	size_t index_len = 4096;
@@ -58,7 +60,7 @@ double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange)
 
 	while (index_len / 4 < nitems)
 		index_len *= 2;
-	if (!nitems || !rounds || nitems > UE_MAX_ITEMS)
+	if (!rt || !nitems || !rounds || nitems > UE_MAX_ITEMS)
 		return -EINVAL;
 	mem = mmap(NULL, header_len + index_len, PROT_READ | PROT_WRITE,
 		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -79,7 +81,7 @@ double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange)
 	hdr->max_items_nr = nitems;
 	items = (struct ue_uitem *)((char *)mem + UE_HEADER_SIZE);
 	index = (uint32_t *)((char *)mem + header_len);
-	ue_consumer_init(&c, mem, header_len, index, index_len, 5, UE_WAIT_KERNEL, -1, NULL, 0);
+	rt->consumer_init(&c, mem, header_len, index, index_len, 5, UE_WAIT_KERNEL, -1, NULL, 0);
 	for (i = 0; i < nitems; i++) {
 		items[i].events = 0x80000001u;
 		items[i].data = i;
@@ -96,7 +98,7 @@ double ue_bench_drain_floor(uint32_t nitems, uint32_t rounds, int exchange)
 		__atomic_store_n(&hdr->tail, tail + nitems, __ATOMIC_RELEASE);
 		t0 = clock_ns();
 		if (exchange) {
-			n = ue_drain(&c, out, NULL, nitems);
+			n = rt->drain(&c, out, NULL, nitems);
 		} else {
 			head = hdr->head;
 			while (head != tail + nitems) {

@@ -33,7 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ue.h"
+#include "ue_internal.h"
 
 #define HARVEST_BATCH 256
 
@@ -215,9 +215,6 @@ fail:
 	futex(&e->ring.hdr->tail, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
 	return NULL;
 }
-
-int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
-		 const int *closing);
 
 int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
 		 const int *closing)

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ue.h"
+#include "ue_bench.h"
 
 /* First and longest sleep between two looks for the ack (see wait_ack). */
 #define MIN_STEP_NS 2000u

@@ -28,13 +28,14 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
-#include <sys/epoll.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "ue.h"
+#include "ue_internal.h"
 
 #define UE_EPOLLERR 0x008u
 #define UE_EPOLLHUP 0x010u
@@ -309,10 +310,6 @@ static int ring_empty(struct ue_consumer *c)
 	       __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
 }
 
-/* The emulator's side of waiting (emu.c): futex on its tail word. */
-int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
-		 const int *closing);
-
 /*
  * The reference consumer loop in one call: drain; if empty, spin on tail for spin_ns; then
  * sleep until entries appear (kernel: epoll_wait(NULL, 0) returning -ESTALE; emulator: futex)
@@ -436,4 +433,16 @@ long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxe
 	ret = poll_inner(c, out, data_out, maxevents, timeout_ns);
 	__atomic_fetch_sub(&c->inflight, 1, __ATOMIC_RELEASE);
 	return ret;
+}
+
+/* What other extension modules call (see struct ue_runtime in ue.h). */
+static const struct ue_runtime runtime_table = {
+	.consumer_init = ue_consumer_init,
+	.drain = ue_drain,
+	.emu_inject = ue_emu_inject,
+};
+
+const struct ue_runtime *ue_runtime_table(void)
+{
+	return &runtime_table;
 }
