@@ -63,7 +63,7 @@ def _compile(source: Path, out: Path, *extra: str) -> subprocess.CompletedProces
     return subprocess.run(
         [
             CC or "cc",
-            *_native_build.CFLAGS,
+            *_native_build.STRICT_CFLAGS,
             *DISTRO_FLAGS,
             "-fPIC",
             f"-I{CSRC}",
@@ -145,7 +145,8 @@ def test_flags_include_gcc14_default_errors() -> None:
         "-Werror",
         "-Wmissing-prototypes",
     ):
-        assert flag in _native_build.CFLAGS
+        assert flag in _native_build.STRICT_CFLAGS
+    assert set(_native_build.CFLAGS) >= set(_native_build.BASE_CFLAGS)
     # What each builder passes to set_source (cffi keeps it as (name, source, ext, kwds)).
     for builder in (_native_build.ffibuilder, _bench_native_build.ffibuilder):
         assert builder._assigned_source[3]["extra_compile_args"] == _native_build.CFLAGS
