@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .. import abi
+from .. import abi, testing
 from .._epoll import epoll
 from .._native_lib import ffi, lib
 from .common import (
@@ -34,10 +34,9 @@ CLOCK_NOTE_NS = 1000.0
 def refill(ep: epoll, fds: list[int]) -> None:
     """Make *fds* pending in the ring (untimed): the emulator's producer is called directly;
     on the kernel backend each eventfd is written, and the kernel appends it."""
-    backend = ep._backend
-    if backend.name == "thread":
+    if ep.backend == "thread":
         for fd in fds:
-            backend.inject(fd, select.EPOLLIN)
+            testing.inject(ep, fd, select.EPOLLIN)
     else:
         for fd in fds:
             os.eventfd_write(fd, 1)
