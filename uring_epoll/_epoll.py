@@ -390,7 +390,7 @@ class epoll:
                 "max": count,
             },
         )
-        return (binding, memoryview(data), memoryview(events), data_ptr, events_ptr, memory)
+        return (binding, data.data, events.data, data_ptr, events_ptr, memory)
 
     def _poll_slow(self, timeout: Any, maxevents: int) -> list[tuple[int, int]]:
         """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""

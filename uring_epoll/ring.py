@@ -48,19 +48,24 @@ class Ring(RingMemory):
     @property
     def writable_header(self) -> np.ndarray:
         """Writable view of the header, to play producer."""
-        return np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+        view: np.ndarray = np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+        return view
 
     @property
     def writable_items(self) -> np.ndarray:
         """Writable view of the items, indexed by slot number."""
-        return np.ndarray(
+        view: np.ndarray = np.ndarray(
             (self.max_items,), abi.ITEM_DTYPE, buffer=self._header_map, offset=abi.HEADER_SIZE
         )
+        return view
 
     @property
     def writable_index(self) -> np.ndarray:
         """Writable view of the index ring."""
-        return np.ndarray((len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map)
+        view: np.ndarray = np.ndarray(
+            (len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map
+        )
+        return view
 
     def drain(self, out: np.ndarray) -> int:
         """Drain into *out* (1-d array of EVENT_DTYPE); OSError(EBADMSG) on a corrupt ring."""

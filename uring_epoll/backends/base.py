@@ -120,13 +120,14 @@ def closed_error() -> OSError:
 
 
 class BackendBase:
-    """Defaults for the :class:`Backend` members a backend without a ring does not need."""
+    """Defaults for the :class:`Backend` members a backend may not need.
+
+    Each concrete backend still says what it is: ``name``, ``is_ring``, ``max_items``,
+    ``protocol``, ``memory`` and ``poll_pairs`` are its own.
+    """
 
     name = "?"
     is_ring = False
-    max_items: int | None = None
-    protocol: int | None = None
-    poll_pairs: Callable[[Any, int], list[tuple[int, int]]] | None = None
 
     @property
     def header(self) -> np.ndarray | None:
@@ -245,13 +246,13 @@ class RingMemory:
     # Views for study: read-only, so a stray assignment cannot corrupt the live ring.
     @property
     def header(self) -> np.ndarray:
-        view = np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+        view: np.ndarray = np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
         view.flags.writeable = False
         return view
 
     @property
     def items(self) -> np.ndarray:
-        view = np.ndarray(
+        view: np.ndarray = np.ndarray(
             (self.max_items,), abi.ITEM_DTYPE, buffer=self._header_map, offset=abi.HEADER_SIZE
         )
         view.flags.writeable = False
@@ -259,7 +260,7 @@ class RingMemory:
 
     @property
     def index(self) -> np.ndarray:
-        view = np.ndarray(
+        view: np.ndarray = np.ndarray(
             (len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map
         )
         view.flags.writeable = False
@@ -309,6 +310,8 @@ class RingBackend(RingMemory, BackendBase):
     """A backend whose events come from a ring drained by the C consumer."""
 
     is_ring = True
+    #: Every poll drains the ring; there is no select.epoll to hand a call to.
+    poll_pairs: Callable[[Any, int], list[tuple[int, int]]] | None = None
 
 
 def registered_fds(epfd: int) -> set[int]:

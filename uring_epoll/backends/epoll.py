@@ -14,6 +14,8 @@ class EpollBackend(EpfdBackend):
     """A ``select.epoll`` underneath; ``poll_into`` calls ``epoll_wait`` from C."""
 
     name = "epoll"
+    max_items = None
+    protocol = None
 
     def __init__(self, *, cloexec: bool = True, epfd: int | None = None) -> None:
         self.ep: select.epoll | None = (

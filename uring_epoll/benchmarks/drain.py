@@ -110,7 +110,7 @@ def _iouring_ns(fds: list[int], batch: int, calls: int) -> float | str:
     if value < 0:
         code = int(-value)
         return f"io_uring unavailable: {os.strerror(code)}"
-    return value
+    return float(value)
 
 
 
