@@ -59,6 +59,7 @@ class TestFromfd:
                 events2 = ep2.poll(0.9, 4)
                 assert len(events) == 2, name
                 assert sorted(events) == sorted(events2), name
+            assert not ep2.closed, name  # its fd went, not the object
             with pytest.raises(OSError) as info:
                 ep2.poll(1, 4)
             assert info.value.errno == errno.EBADF, name

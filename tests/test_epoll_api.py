@@ -481,9 +481,8 @@ class TestObject:
             std.close()
 
     def test_fromfd_of_our_own_fd(self, backend, efd) -> None:
-        """The same backend over the same epoll: a userpoll epfd maps the same ring, a thread
-        backend's fd shares its producer and ring (its poller alone consumes the inner
-        epoll's events), an epoll backend's fd is wrapped anew."""
+        """The same backend over the same epoll instance (and ring): events registered
+        through one object are delivered through the other."""
         with uring_epoll.epoll(backend=backend, max_items=7) as ep:
             ep.register(efd, ET_IN)
             with uring_epoll.epoll.fromfd(os.dup(ep.fileno())) as again:

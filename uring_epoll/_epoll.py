@@ -48,10 +48,10 @@ _now = time.monotonic_ns
 class _Share:
     """A backend and the registrations made through it, with the epoll objects using it.
 
-    Usually one object; more when ``epoll.fromfd`` was given (a dup of) a thread backend's
-    fd: the poller thread alone consumes that epoll's events, so a second object must drain
-    the same ring, and see the same registrations (their data, which need re-arming), rather
-    than wrap the fd anew. The last object to go closes the backend.
+    Usually one object; more when ``epoll.fromfd`` was given (a dup of) the fd of one of
+    ours. Wrapping that fd anew would lose events on the thread backend (its poller alone
+    consumes the inner epoll's events) and, on any backend, the registrations' data and
+    level-triggered re-arms, which live here. The last object to go closes the backend.
     """
 
     def __init__(self, backend: backends.Backend) -> None:
@@ -250,10 +250,10 @@ class epoll:
     def fromfd(cls, fd: Any, *, spin_us: float = 0.0) -> epoll:
         """Wrap an existing epoll fd, which the new object owns (closes), as select.epoll does.
 
-        A userpoll epfd gets the kernel backend over the same ring; (a dup of) the fd of a
-        live thread-backend object gets that object's producer and ring, so both see the
-        same registrations and events (the backend stays up until the last of them is
-        closed); any other epoll fd gets the epoll backend.
+        (A dup of) the fd of a live object of ours gets that object's backend, so both see
+        the same registrations and events, and the backend stays up until the last of them
+        is closed. Any other userpoll epfd gets the kernel backend over its ring; any other
+        epoll fd the epoll backend.
         """
         fd = _as_fd(fd)
         if spin_us < 0:

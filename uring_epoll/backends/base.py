@@ -99,9 +99,10 @@ class Backend(Protocol):
         ...
 
     def shares_file(self, fd: int) -> bool:
-        """True if *fd* is (a dup of) this backend's :meth:`fileno` and ``epoll.fromfd(fd)``
-        must share this backend rather than wrap the fd anew (the thread backend: its
-        poller thread alone consumes the inner epoll's events)."""
+        """True if *fd* is (a dup of) this backend's :meth:`fileno`: ``epoll.fromfd(fd)``
+        then shares this backend rather than wrap the fd anew (the thread backend's poller
+        alone consumes its inner epoll's events, and every backend's objects must share the
+        registrations' data and level-triggered re-arms)."""
         ...
 
     def close(self) -> None:
@@ -157,7 +158,10 @@ class BackendBase:
         return OSError(errno.EBADMSG, os_error(-errno.EBADMSG).strerror)
 
     def shares_file(self, fd: int) -> bool:
-        return False
+        try:
+            return same_epoll_file(self.fileno(), fd)
+        except OSError:  # closed
+            return False
 
     def after_fork_in_child(self) -> None:
         self.close()  # overridden wherever closing would touch the parent's resources
@@ -312,6 +316,22 @@ class RingBackend(RingMemory, BackendBase):
     is_ring = True
     #: Every poll drains the ring; there is no select.epoll to hand a call to.
     poll_pairs: Callable[[Any, int], list[tuple[int, int]]] | None = None
+
+
+def same_epoll_file(epfd: int, fd: int) -> bool:
+    """True if *fd* refers to the open epoll file of *epfd* (the same number, or a dup).
+
+    epoll files all share one anonymous inode, so fstat cannot tell them apart. The kernel
+    can: EPOLL_CTL_DEL on *epfd* fails with EINVAL when the target is *epfd*'s own file, and
+    with ENOENT (or EBADF, EPERM) for any other file not registered in it, and a failed DEL
+    changes nothing. A file registered in *epfd* is never *epfd* itself, so those are not
+    asked (a DEL would remove them).
+    """
+    if fd == epfd:
+        return True
+    if fd < 0 or fd in registered_fds(epfd):
+        return False
+    return int(lib.ue_sys_epoll_ctl(epfd, abi.EPOLL_CTL_DEL, fd, 0, 0)) == -errno.EINVAL
 
 
 def registered_fds(epfd: int) -> set[int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import abi
 from .._native_lib import ffi, lib, os_error
-from .base import RingBackend, anonymous_shared, closed_error, registered_fds
+from .base import RingBackend, anonymous_shared, closed_error
 
 
 class ThreadBackend(RingBackend):
@@ -74,24 +74,6 @@ class ThreadBackend(RingBackend):
         # The producer's table still maps fd to a slot; free it as the kernel would have.
         if self.emu is not None:
             lib.ue_emu_forget(self.emu, fd)
-
-    def shares_file(self, fd: int) -> bool:
-        """True if *fd* refers to the inner epoll's open file (the same number, or a dup).
-
-        epoll files all share one anonymous inode, so fstat cannot tell them apart. The
-        kernel can: EPOLL_CTL_DEL on the inner epoll fails with EINVAL when the target is the
-        inner epoll itself, and with ENOENT when it is any other file not registered in it (a
-        failed DEL changes nothing). A file registered in the inner epoll is never the inner
-        epoll itself, so those are not asked.
-        """
-        if self.emu is None:
-            return False
-        inner = self.fileno()
-        if fd == inner:
-            return True
-        if fd in registered_fds(inner):
-            return False
-        return int(lib.ue_sys_epoll_ctl(inner, abi.EPOLL_CTL_DEL, fd, 0, 0)) == -errno.EINVAL
 
     def inject(self, fd: int, events: int) -> None:
         """Publish *events* for *fd* as the poller would on a wake-up (tests, benchmarks)."""
