@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import uring_epoll
+from uring_epoll import testing
 from uring_epoll.benchmarks.common import eventfds as open_eventfds
 
 BATCHES = [1, 16, 256, 1024]
@@ -39,7 +40,7 @@ def ring(eventfds: list[int]) -> Iterator[uring_epoll.epoll]:
 
 def _refill(ep: uring_epoll.epoll, fds: list[int]) -> None:
     for fd in fds:
-        ep._backend.inject(fd, select.EPOLLIN)
+        testing.inject(ep, fd, select.EPOLLIN)
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 import uring_epoll
-from uring_epoll import abi
+from uring_epoll import abi, testing
 from uring_epoll.benchmarks.common import c_injectors, c_producers, eventfds
 from uring_epoll.benchmarks.sustained import consumer
 
@@ -69,7 +69,7 @@ def test_protocol_ring_only(benchmark, protocol: int) -> None:
     benchmark.group = f"protocol, ring only: {EVENTS} events, consumer spins 50 us"
     runs: list[tuple[int, float]] = []
     with eventfds(64) as fds, consumer("thread", fds, 50.0, protocol) as (poll_batch, ep):
-        with c_injectors(ep._backend.emu, fds, 1) as published:
+        with c_injectors(testing.emulator(ep), fds, 1) as published:
             benchmark.pedantic(consume, args=(poll_batch, EVENTS, runs), rounds=5)
         taken = sum(got for got, _ in runs)
         # One entry per publish that found the item idle: never more events than publishes,

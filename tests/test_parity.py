@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import uring_epoll
-from uring_epoll import EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT
+from uring_epoll import EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT, testing
 
 # fd roles, by index in the sequence: three eventfds, a pipe's read end and its write end.
 EVENTFDS = (0, 1, 2)
@@ -122,9 +122,7 @@ class World:
             pass
 
     def consume(self) -> None:
-        sync = getattr(self.ours._backend, "sync", None)  # thread backend only; see above
-        if sync is not None:
-            sync()
+        testing.sync(self.ours)  # the thread backend's producer lags; see above
         expected = sorted(self.std.poll(0))
         got = sorted(self.ours.poll(0))
         names = {fd: ["efd0", "efd1", "efd2", "pipe_r", "pipe_w"][i]
@@ -213,9 +211,7 @@ def test_the_documented_difference_is_real() -> None:
                 for ep in (ours, std):
                     ep.register(fd, EPOLLIN | EPOLLET)
                 os.eventfd_write(fd, 1)
-                sync = getattr(ours._backend, "sync", None)
-                if sync is not None:
-                    sync()
+                testing.sync(ours)
                 os.eventfd_read(fd)  # behind both epolls' backs
                 assert std.poll(0) == []
                 assert ours.poll(0) == [(fd, EPOLLIN)]  # accumulated, not re-polled
@@ -273,9 +269,7 @@ def test_hangup_bits_match_select_epoll(backend: str, mode: int, scenario: str,
             for ep in (ours, std):
                 ep.register(fd, EPOLLIN | mode)
             hang_up()
-            sync = getattr(ours._backend, "sync", None)
-            if sync is not None:
-                sync()
+            testing.sync(ours)
             expected = std.poll(0)
             assert expected, "select.epoll reports the hang-up"
             assert ours.poll(2) == expected

@@ -42,6 +42,47 @@ _MAX_EVENTS = 1 << 24  # what one call's result arrays may hold (~200 MiB)
 DEFAULT_MAX_ITEMS = 1024
 
 _live: weakref.WeakSet[epoll] = weakref.WeakSet()
+_now = time.monotonic_ns
+
+
+class _Share:
+    """A backend and the registrations made through it, with the epoll objects using it.
+
+    Usually one object; more when ``epoll.fromfd`` was given (a dup of) the fd of one of
+    ours. Wrapping that fd anew would lose events on the thread backend (its poller alone
+    consumes the inner epoll's events) and, on any backend, the registrations' data and
+    level-triggered re-arms, which live here. The last object to go closes the backend.
+    """
+
+    def __init__(self, backend: backends.Backend) -> None:
+        self.backend = backend
+        self.users = 0
+        self.lock = threading.Lock()
+        self.data_of_fd: dict[int, int] = {}  # every registration, fd -> data
+        self.fd_of_data: dict[int, int] = {}  # only registrations whose data != fd
+        self.lt: dict[int, tuple[int, int]] = {}  # level-triggered ring registrations
+        self.rearm: list[int] = []  # delivered LT registrations to re-arm at the next poll
+        self.objects: weakref.WeakSet[epoll] = weakref.WeakSet()
+
+    def join(self, ep: epoll) -> None:
+        with self.lock:
+            self.users += 1
+            self.objects.add(ep)
+
+
+def _release(share: _Share, own_fd: int) -> None:
+    """Finalizer of one epoll object: close the fd it owns (if any), and the backend with
+    the last user. Never refers to the object, so it may run when the object is gone."""
+    if own_fd >= 0:
+        try:
+            os.close(own_fd)
+        except OSError:
+            pass
+    with share.lock:
+        share.users -= 1
+        last = share.users == 0
+    if last:
+        share.backend.close()
 
 
 def _after_fork_in_child() -> None:
@@ -136,7 +177,8 @@ class epoll:
         max_items: int | None = None,
         protocol: int = abi.PROTOCOL_V5,
         spin_us: float = 0.0,
-        _backend_object: backends.Backend | None = None,
+        _share: _Share | None = None,
+        _fd: int = -1,
     ) -> None:
         if not isinstance(sizehint, int) or not isinstance(flags, int):
             raise TypeError("sizehint and flags must be integers")
@@ -155,24 +197,33 @@ class epoll:
             raise ValueError(f"max_items must be in 1..{abi.MAX_ITEMS_LIMIT}, got {max_items!r}")
         self._closed = True  # until fully built, so __del__/close are harmless
         self._in_fork_child = False
-        if _backend_object is None:
+        self._fd_gone = False
+        if _share is None:
             name = probe.resolve_backend(backend)
-            _backend_object = backends.create(
-                name, max_items=max_items, protocol=protocol, spin_ns=int(spin_us * 1000)
+            _share = _Share(
+                backends.create(
+                    name, max_items=max_items, protocol=protocol, spin_ns=int(spin_us * 1000)
+                )
             )
-        self._backend = _backend_object
-        self.backend = _backend_object.name
-        ring = _backend_object.is_ring
-        self.max_items = _backend_object.max_items if ring else None
-        self.protocol = _backend_object.protocol if ring else None
+        share = self._share = _share
+        backend_object = share.backend
+        self._backend: backends.Backend = backend_object
+        self.backend = backend_object.name
+        ring = backend_object.is_ring
+        self.max_items = backend_object.max_items if ring else None
+        self.protocol = backend_object.protocol if ring else None
         self._ring = ring
-        self._data_of_fd: dict[int, int] = {}  # every registration, fd -> data
-        self._fd_of_data: dict[int, int] = {}  # only registrations whose data != fd
-        self._lt: dict[int, tuple[int, int]] = {}  # level-triggered ring registrations
-        self._rearm: list[int] = []
+        # The fd fileno() reports, and the one this object closes (-1: the backend's own).
+        self._fileno = backend_object.fileno() if _fd < 0 else _fd
+        own_fd = _fd if _fd >= 0 and _fd != backend_object.fileno() else -1
+        # The share's tables, mutated in place only, so that every object sharing them
+        # sees each change through these direct references.
+        self._data_of_fd = share.data_of_fd
+        self._fd_of_data = share.fd_of_data
+        self._lt = share.lt
+        self._rearm = share.rearm
         self._rearms = 0
-        self._consumer = _backend_object.consumer
-        self._poll_bound = lib.ue_poll_bound
+        self._poll_bound: Any = lib.ue_poll_bound
         # poll_into: (buffer, binding, what it uses) of the last buffer seen; poll(): the
         # maxevents argument and binding of its reusable arrays, one thread at a time (lock).
         self._into_cache: tuple[Any, ...] = (None, None)
@@ -184,51 +235,81 @@ class epoll:
         # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
         self._slow = False
         if not ring:
-            self._stdlib = _backend_object.ep
+            stdlib = backend_object.poll_pairs
+            assert stdlib is not None, "a backend without a ring polls through select.epoll"
+            self._stdlib = stdlib
+        share.join(self)
         self._closed = False
         self._update_paths()
-        self._finalizer = weakref.finalize(self, _backend_object.close)
+        self._finalizer = weakref.finalize(self, _release, share, own_fd)
         _live.add(self)
 
     # ---- select.epoll surface -------------------------------------------------------------
 
     @classmethod
-    def fromfd(cls, fd: int, **kwargs: Any) -> epoll:
-        """Wrap an existing epoll fd (a userpoll epfd gets the kernel backend)."""
+    def fromfd(cls, fd: Any, *, spin_us: float = 0.0) -> epoll:
+        """Wrap an existing epoll fd, which the new object owns (closes), as select.epoll does.
+
+        (A dup of) the fd of a live object of ours gets that object's backend, so both see
+        the same registrations and events, and the backend stays up until the last of them
+        is closed. Any other userpoll epfd gets the kernel backend over its ring; any other
+        epoll fd the epoll backend.
+        """
         fd = _as_fd(fd)
+        if spin_us < 0:
+            raise ValueError("spin_us must be >= 0")
+        seen: set[int] = set()
+        for other in list(_live):
+            share = other._share
+            if id(share) in seen or other._closed:
+                continue
+            seen.add(id(share))
+            if share.backend.shares_file(fd):
+                return cls(_share=share, _fd=fd)
         from .backends.epoll import EpollBackend
+        from .backends.kernel import KernelBackend
 
         backend_object: backends.Backend
         try:
-            from .backends.kernel import KernelBackend
-
             backend_object = KernelBackend(
-                max_items=1, protocol=abi.PROTOCOL_V5, spin_ns=int(kwargs.get("spin_us", 0) * 1000),
-                epfd=fd,
+                max_items=1, protocol=abi.PROTOCOL_V5, spin_ns=int(spin_us * 1000), epfd=fd
             )
         except (OSError, ValueError):
             backend_object = EpollBackend(epfd=fd)
-        return cls(_backend_object=backend_object)
+        return cls(_share=_Share(backend_object))
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
-        return self._closed
+        return self._closed and not self._fd_gone
 
     def fileno(self) -> int:
-        """The epoll fd (thread backend: its inner epoll fd)."""
+        """The epoll fd (thread backend: its inner epoll fd, or a dup given to fromfd)."""
         self._check_open()
-        return self._backend.fileno()
+        return self._fileno
 
     def close(self) -> None:
-        """Stop the producer (thread backend), unmap the ring and close the fd. Idempotent."""
+        """Stop the producer (thread backend), unmap the ring and close the fd. Idempotent.
+
+        Objects sharing a thread backend (``fromfd``) keep it until the last is closed; one
+        over the very same fd number loses its fd now, as with ``select.epoll``.
+        """
         if self._closed:
             return
+        objects = self._share.objects
+        others = [ep for ep in objects if ep is not self] if len(objects) > 1 else []
+        self._shut()
+        for other in others:
+            if other._fileno == self._fileno and not other._closed:
+                other._fd_gone = True
+                other._shut()
+
+    def _shut(self) -> None:
         self._closed = True
         self._update_paths()
         self._into_cache = self._into_fast = (None, None)
         self._pairs_key = self._pairs_binding = None
-        self._consumer = None
+        self._share.objects.discard(self)
         self._finalizer()
         _live.discard(self)
 
@@ -240,7 +321,7 @@ class epoll:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"fd={self._backend.fileno()}"
+        state = "closed" if self._closed else f"fd={self._fileno}"
         return f"<uring_epoll.epoll backend={self.backend} {state}>"
 
     def register(
@@ -272,11 +353,14 @@ class epoll:
     def _pairs(self, binding: tuple[Any, ...], timeout: Any) -> list[tuple[int, int]]:
         """One drain into a binding's split arrays, turned into (fd, events) tuples."""
         tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
+        # The start of a timed wait, for the deadline an EINTR retry needs (one vDSO clock
+        # read, and only when there is a timeout to keep).
+        start = _now() if tns > 0 else 0
         n = self._poll_bound(binding[0], tns)
         if n <= 0:
             if n == 0:
                 return []
-            n = self._poll_error(n, timeout, binding[0])
+            n = self._poll_error(n, tns, start, binding[0])
             if n == 0:
                 return []
         mv_data, mv_events = binding[1], binding[2]
@@ -306,7 +390,7 @@ class epoll:
                 "max": count,
             },
         )
-        return (binding, memoryview(data), memoryview(events), data_ptr, events_ptr, memory)
+        return (binding, data.data, events.data, data_ptr, events_ptr, memory)
 
     def _poll_slow(self, timeout: Any, maxevents: int) -> list[tuple[int, int]]:
         """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""
@@ -316,7 +400,7 @@ class epoll:
         if maxevents != -1 and maxevents <= 0:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         if not self._ring and not self._fd_of_data:
-            return self._stdlib.poll(timeout, maxevents)  # its data is the fd: no mapping
+            return self._stdlib(timeout, maxevents)  # its data is the fd: no mapping
         if self._rearm:
             self._do_rearm()
         if maxevents > 2**31 - 1:  # what select.epoll says for a value beyond a C int
@@ -352,9 +436,10 @@ class epoll:
         if buffer is not cache[0]:
             return self._poll_into_slow(buffer, timeout)
         tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
-        n = self._poll_bound(cache[1], tns)
+        start = _now() if tns > 0 else 0  # as in _pairs
+        n: int = self._poll_bound(cache[1], tns)
         if n < 0:
-            return self._poll_error(n, timeout, cache[1])
+            return self._poll_error(n, tns, start, cache[1])
         return n
 
     def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
@@ -366,9 +451,10 @@ class epoll:
         if self._rearm:
             self._do_rearm()
         tns = -1 if timeout is None else _timeout_ns(timeout)
-        n = self._poll_bound(cache[1], tns)
+        start = _now() if tns > 0 else 0
+        n: int = self._poll_bound(cache[1], tns)
         if n < 0:
-            n = self._poll_error(n, timeout, cache[1])
+            n = self._poll_error(n, tns, start, cache[1])
         if self._lt and n:
             data = buffer["data"][:n].tolist()
             if self._fd_of_data:
@@ -399,19 +485,19 @@ class epoll:
     def header(self) -> np.ndarray | None:
         """Read-only view of the ring header (``HEADER_DTYPE``); None on the epoll backend."""
         self._check_open()
-        return self._backend.header if self._ring else None
+        return self._backend.header
 
     @property
     def items(self) -> np.ndarray | None:
         """Read-only view of the shared items (``ITEM_DTYPE``), indexed by slot number."""
         self._check_open()
-        return self._backend.items if self._ring else None
+        return self._backend.items
 
     @property
     def index(self) -> np.ndarray | None:
         """Read-only view of the index ring (u32 slots)."""
         self._check_open()
-        return self._backend.index if self._ring else None
+        return self._backend.index
 
     @property
     def stats(self) -> PollStats:
@@ -436,10 +522,22 @@ class epoll:
         self._slow = self._closed or lt or not self._ring
         self._into_fast = (None, None) if self._closed or lt else self._into_cache
 
+    def _registrations_changed(self) -> None:
+        """Re-pick the poll paths of every object that shares the registrations."""
+        objects = self._share.objects
+        if len(objects) > 1:
+            for ep in list(objects):
+                ep._update_paths()
+        else:
+            self._update_paths()
+
     def _check_open(self) -> None:
         if self._closed:
             if self._in_fork_child:
                 _forked_poll()
+            if self._fd_gone:
+                # Another object over the same fd number closed it (fromfd), as the stdlib.
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             raise ValueError("I/O operation on closed epoll object")
 
     def _forked(self) -> None:
@@ -449,7 +547,6 @@ class epoll:
         self._backend.after_fork_in_child()
         self._closed = True
         self._update_paths()
-        self._consumer = None
         self._poll_bound = _forked_poll
         self._into_cache = self._into_fast = (None, None)
         self._pairs_key = self._pairs_binding = None
@@ -494,7 +591,7 @@ class epoll:
             self._lt[fd] = (mask, data)
         else:
             self._lt.pop(fd, None)
-        self._update_paths()
+        self._registrations_changed()
 
     def _reclaim_closed(self) -> bool:
         """Forget registrations whose files were closed without unregister; True if any."""
@@ -512,14 +609,15 @@ class epoll:
         if data is not None and data != fd:
             self._fd_of_data.pop(data, None)
         self._lt.pop(fd, None)
-        self._update_paths()
+        self._registrations_changed()
 
     def _note_lt(self, fds: list[int]) -> None:
         lt = self._lt
         self._rearm.extend(fd for fd in fds if fd in lt)
 
     def _do_rearm(self) -> None:
-        pending, self._rearm = self._rearm, []
+        pending = self._rearm[:]
+        self._rearm.clear()  # in place: objects sharing the registrations share the list
         for fd in dict.fromkeys(pending):
             reg = self._lt.get(fd)
             if reg is None:
@@ -532,23 +630,25 @@ class epoll:
                 if exc.errno not in (errno.ENOENT, errno.EBADF):
                     raise
 
-    def _poll_error(self, n: int, timeout: Any, binding: Any) -> int:
-        """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption."""
-        deadline = None
-        tns = -1 if timeout is None else _timeout_ns(timeout)
-        if tns >= 0:
-            deadline = time.monotonic_ns() + tns
+    def _poll_error(self, n: int, tns: int, start: int, binding: Any) -> int:
+        """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption.
+
+        *tns* is the poll's timeout in ns (-1: none) and *start* the clock reading taken
+        before its first wait: the one deadline every retry keeps to, so that signals never
+        make the total wait longer than the timeout.
+        """
+        deadline = start + tns if tns > 0 else -1
         while n == -errno.EINTR:
-            # Coming back to the interpreter ran the signal handlers; an exception from one
-            # propagates from here. Otherwise retry with what is left of the timeout.
-            if deadline is not None:
-                tns = max(0, deadline - time.monotonic_ns())
+            # Entering this function (and each pass of the loop) ran the signal handlers;
+            # an exception from one propagates from here. Otherwise retry with what is left.
+            if deadline >= 0:
+                tns = max(0, deadline - _now())
             n = self._poll_bound(binding, tns)
         if n >= 0:
             return n
         if n == -errno.EBADF and self._closed:
-            raise ValueError("I/O operation on closed epoll object")
-        if n == -errno.EBADMSG and self._ring:
+            self._check_open()
+        if n == -errno.EBADMSG:
             raise self._backend.corrupt_error()
         raise os_error(n)
 

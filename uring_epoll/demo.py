@@ -159,7 +159,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``demo`` command to the ``uring-epoll`` argument parser."""
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "demo", help="the classic vpoll demonstration through a ring",
         description="A forked child raises IN; IN; IN|PRI; PRI; OUT; HUP on a vpoll fd, one "
         "step every 2 s; the parent waits on it in uring_epoll.epoll with 1 s timeouts and "

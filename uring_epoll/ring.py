@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from . import abi
-from ._native_lib import NULL, lib
-from .backends.base import RingBackend, anonymous_shared
+from ._native_lib import NULL, ffi, lib
+from .backends.base import RingMemory, anonymous_shared
 
 
 def new_ring_buffers(max_items: int) -> tuple[Any, Any]:
@@ -32,10 +32,12 @@ def new_ring_buffers(max_items: int) -> tuple[Any, Any]:
     return header, index
 
 
-class Ring(RingBackend):
-    """A consumer over caller-provided ring memory (no producer, no waiting)."""
+class Ring(RingMemory):
+    """A consumer over caller-provided ring memory (no producer, no waiting).
 
-    name = "memory"
+    Not a backend of :class:`uring_epoll.epoll`: nothing registers files with it and nothing
+    publishes into it but the caller, through the writable views.
+    """
 
     def __init__(self, header: Any, index: Any, protocol: int = abi.PROTOCOL_V5) -> None:
         super().__init__()
@@ -46,28 +48,36 @@ class Ring(RingBackend):
     @property
     def writable_header(self) -> np.ndarray:
         """Writable view of the header, to play producer."""
-        return np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+        view: np.ndarray = np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+        return view
 
     @property
     def writable_items(self) -> np.ndarray:
-        return np.ndarray(
+        """Writable view of the items, indexed by slot number."""
+        view: np.ndarray = np.ndarray(
             (self.max_items,), abi.ITEM_DTYPE, buffer=self._header_map, offset=abi.HEADER_SIZE
         )
+        return view
 
     @property
     def writable_index(self) -> np.ndarray:
-        return np.ndarray((len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map)
+        """Writable view of the index ring."""
+        view: np.ndarray = np.ndarray(
+            (len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map
+        )
+        return view
 
     def drain(self, out: np.ndarray) -> int:
         """Drain into *out* (1-d array of EVENT_DTYPE); OSError(EBADMSG) on a corrupt ring."""
         if out.dtype != abi.EVENT_DTYPE or out.ndim != 1 or not out.flags.c_contiguous:
             raise TypeError("out must be a 1-d C-contiguous array of EVENT_DTYPE")
-        from ._native_lib import ffi
-
-        n = lib.ue_drain(self.consumer, ffi.from_buffer(out), NULL, len(out))
+        if self.consumer is None:
+            raise ValueError("drain on a closed Ring")
+        n: int = lib.ue_drain(self.consumer, ffi.from_buffer(out), NULL, len(out))
         if n == -errno.EBADMSG:
             raise self.corrupt_error()
         return n
 
     def close(self) -> None:
+        """Detach the consumer; the buffers stay the caller's. Idempotent."""
         self._release_maps()

@@ -1,10 +1,18 @@
-"""The interface every backend offers, and the ring machinery the ring backends share."""
+"""The interface :class:`uring_epoll.epoll` has with its backends, and shared machinery.
+
+:class:`Backend` is the whole contract: ``uring_epoll.epoll`` uses exactly its members and
+nothing else of a backend object. :class:`BackendBase` gives the members a backend without a
+ring can leave at their defaults; :class:`RingMemory` is the ring (header + items + index)
+and the C consumer draining it, which the ring backends and the :class:`uring_epoll.ring.Ring`
+study view share. ``Ring`` is not a backend: it has no producer, no registrations and no fd.
+"""
 
 from __future__ import annotations
 
 import errno
 import mmap
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -12,62 +20,193 @@ from .. import abi
 from .._native_lib import ffi, lib, os_error
 
 
-class Backend:
-    """create, ctl, wait/drain, close: what :class:`uring_epoll.epoll` needs of a backend."""
+class Backend(Protocol):
+    """What :class:`uring_epoll.epoll` uses of a backend (all of it).
+
+    Once :meth:`close` has run, every method but :meth:`close`, :meth:`after_fork_in_child`
+    and :meth:`forget` raises ``OSError(EBADF)``, as ``select.epoll`` does once its fd was
+    closed under it: teardown order (finalizers at exit, module teardown) must never turn
+    into a TypeError from a freed C object.
+    """
+
+    #: "kernel", "thread" or "epoll": what ``epoll.backend`` reports.
+    name: str
+    #: True when events come from a shared ring (level-triggered registrations then need
+    #: re-arming, EPOLLET is forced and EPOLLEXCLUSIVE is refused).
+    is_ring: bool
+
+    @property
+    def max_items(self) -> int | None:
+        """Most registrations the ring holds at once; None without a ring."""
+        ...
+
+    @property
+    def protocol(self) -> int | None:
+        """The ring's protocol revision (``abi.PROTOCOLS``); None without a ring."""
+        ...
+
+    @property
+    def memory(self) -> tuple[Any, ...]:
+        """What a ``struct ue_binding`` needs: ``memory[0]`` is the ``struct ue_consumer *``
+        ``lib.ue_poll_bound`` drains through, the rest is every object the consumer points
+        into. A caller keeps the tuple with its binding, so memory stays mapped under a poll
+        still running on another thread while :meth:`close` drops the backend's references."""
+        ...
+
+    @property
+    def poll_pairs(self) -> Callable[[Any, int], list[tuple[int, int]]] | None:
+        """``select.epoll.poll`` of the same epoll fd on a backend without a ring (its data is
+        always the fd, so ``poll()`` may hand it the whole call); None on ring backends."""
+        ...
+
+    @property
+    def header(self) -> np.ndarray | None:
+        """Read-only view of the ring header (``abi.HEADER_DTYPE``); None without a ring."""
+        ...
+
+    @property
+    def items(self) -> np.ndarray | None:
+        """Read-only view of the ring's items (``abi.ITEM_DTYPE``); None without a ring."""
+        ...
+
+    @property
+    def index(self) -> np.ndarray | None:
+        """Read-only view of the index ring (``abi.INDEX_DTYPE``); None without a ring."""
+        ...
+
+    def fileno(self) -> int:
+        """The pollable epoll fd ``epoll.fileno()`` reports."""
+        ...
+
+    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
+        """``epoll_ctl`` with 64-bit *data*; OSError with the kernel's errno on failure."""
+        ...
+
+    def live_fds(self) -> set[int]:
+        """The fds the kernel still holds registrations for (a closed file's go with it)."""
+        ...
+
+    def forget(self, fd: int) -> None:
+        """Drop the backend's own record of *fd*'s registration after its file was closed."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Consumer counters by ``PollStats`` field name; missing ones count as 0."""
+        ...
+
+    def corrupt_error(self) -> OSError:
+        """The OSError(EBADMSG) for a drain that returned ``-EBADMSG`` (a corrupt ring)."""
+        ...
+
+    def shares_file(self, fd: int) -> bool:
+        """True if *fd* is (a dup of) this backend's :meth:`fileno`: ``epoll.fromfd(fd)``
+        then shares this backend rather than wrap the fd anew (the thread backend's poller
+        alone consumes its inner epoll's events, and every backend's objects must share the
+        registrations' data and level-triggered re-arms)."""
+        ...
+
+    def close(self) -> None:
+        """Stop the producer, unmap the ring, close the fd. Idempotent."""
+        ...
+
+    def after_fork_in_child(self) -> None:
+        """In a fork child: forget what belongs to the parent (threads, mappings) without
+        touching it. Idempotent; the backend is closed afterwards."""
+        ...
+
+
+def closed_error() -> OSError:
+    """What every method of a closed backend raises: the fd is gone, as for select.epoll."""
+    return OSError(errno.EBADF, "Bad file descriptor (the epoll object was closed)")
+
+
+class BackendBase:
+    """Defaults for the :class:`Backend` members a backend may not need.
+
+    Each concrete backend still says what it is: ``name``, ``is_ring``, ``max_items``,
+    ``protocol``, ``memory`` and ``poll_pairs`` are its own.
+    """
 
     name = "?"
-    #: True when events come from a shared ring (so LT needs re-arming, data is 64-bit).
     is_ring = False
+
+    @property
+    def header(self) -> np.ndarray | None:
+        return None
+
+    @property
+    def items(self) -> np.ndarray | None:
+        return None
+
+    @property
+    def index(self) -> np.ndarray | None:
+        return None
 
     def fileno(self) -> int:
         raise NotImplementedError
 
-    def ctl(self, op: int, fd: int, events: int, data: int) -> None:
-        raise NotImplementedError
+    def live_fds(self) -> set[int]:
+        return registered_fds(self.fileno())
 
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def after_fork_in_child(self) -> None:
-        """Forget resources that belong to the parent (threads, mappings) without touching them."""
+    def forget(self, fd: int) -> None:
+        """Nothing to drop: the kernel forgot the registration with the file."""
 
     def stats(self) -> dict[str, int]:
         return {}
 
-    def live_fds(self) -> set[int]:
-        """The fds the kernel still holds registrations for (a closed file's go with it)."""
-        return registered_fds(self.fileno())
+    def corrupt_error(self) -> OSError:
+        return OSError(errno.EBADMSG, os_error(-errno.EBADMSG).strerror)
 
-    def forget(self, fd: int) -> None:
-        """Drop our own record of *fd*'s registration after its file was closed."""
+    def shares_file(self, fd: int) -> bool:
+        try:
+            return same_epoll_file(self.fileno(), fd)
+        except OSError:  # closed
+            return False
+
+    def after_fork_in_child(self) -> None:
+        self.close()  # overridden wherever closing would touch the parent's resources
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-class EpfdBackend(Backend):
+class EpfdBackend(BackendBase):
     """A backend whose registrations live on an epoll fd of its own (``self.epfd``)."""
 
     epfd = -1
 
     def fileno(self) -> int:
+        if self.epfd < 0:
+            raise closed_error()
         return self.epfd
 
     def ctl(self, op: int, fd: int, events: int, data: int) -> None:
-        ret = lib.ue_sys_epoll_ctl(self.epfd, op, fd, events, data)
+        ret = lib.ue_sys_epoll_ctl(self.fileno(), op, fd, events, data)
         if ret < 0:
             raise os_error(ret)
 
 
-class RingBackend(Backend):
-    """A ring (header + items + index) and the C consumer draining it."""
+class RingMemory:
+    """A ring (header + items + index) in memory, and the C consumer attached to it.
 
-    is_ring = True
+    Shared by the ring backends and the :class:`uring_epoll.ring.Ring` study view; by itself
+    it produces nothing and waits for nothing.
+    """
 
     def __init__(self) -> None:
         self._header_map: Any = None
         self._index_map: Any = None
         self.consumer: Any = None
-        self.memory: Any = None
-        self.protocol = abi.PROTOCOL_V5
-        self.max_items = 0
+        self._memory: tuple[Any, ...] = ()
+        self.protocol: int = abi.PROTOCOL_V5
+        self.max_items: int = 0
+
+    @property
+    def memory(self) -> tuple[Any, ...]:
+        """The consumer and everything it points into (see :attr:`Backend.memory`)."""
+        if not self._memory:
+            raise closed_error()
+        return self._memory
 
     def _attach(
         self,
@@ -104,20 +243,20 @@ class RingBackend(Backend):
         self.consumer = consumer
         # Everything the C consumer points into. A poll in flight on another thread holds
         # this tuple, so close() dropping our references can never free memory under it.
-        self.memory = (consumer, header_map, index_map, header_ptr, index_ptr)
+        self._memory = (consumer, header_map, index_map, header_ptr, index_ptr)
         self.protocol = protocol
         self.max_items = int(np.frombuffer(header_map, "<u4", count=4)[3])
 
     # Views for study: read-only, so a stray assignment cannot corrupt the live ring.
     @property
     def header(self) -> np.ndarray:
-        view = np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
+        view: np.ndarray = np.ndarray((), abi.HEADER_DTYPE, buffer=self._header_map)
         view.flags.writeable = False
         return view
 
     @property
     def items(self) -> np.ndarray:
-        view = np.ndarray(
+        view: np.ndarray = np.ndarray(
             (self.max_items,), abi.ITEM_DTYPE, buffer=self._header_map, offset=abi.HEADER_SIZE
         )
         view.flags.writeable = False
@@ -125,13 +264,15 @@ class RingBackend(Backend):
 
     @property
     def index(self) -> np.ndarray:
-        view = np.ndarray(
+        view: np.ndarray = np.ndarray(
             (len(self._index_map) // 4,), abi.INDEX_DTYPE, buffer=self._index_map
         )
         view.flags.writeable = False
         return view
 
     def stats(self) -> dict[str, int]:
+        if self.consumer is None:
+            raise closed_error()
         s = self.consumer.stats
         return {
             "ring_events": s.ring_events,
@@ -164,9 +305,33 @@ class RingBackend(Backend):
         if self.consumer is not None:
             lib.ue_consumer_close(self.consumer)
         self.consumer = None
-        self.memory = None
+        self._memory = ()
         self._header_map = None
         self._index_map = None
+
+
+class RingBackend(RingMemory, BackendBase):
+    """A backend whose events come from a ring drained by the C consumer."""
+
+    is_ring = True
+    #: Every poll drains the ring; there is no select.epoll to hand a call to.
+    poll_pairs: Callable[[Any, int], list[tuple[int, int]]] | None = None
+
+
+def same_epoll_file(epfd: int, fd: int) -> bool:
+    """True if *fd* refers to the open epoll file of *epfd* (the same number, or a dup).
+
+    epoll files all share one anonymous inode, so fstat cannot tell them apart. The kernel
+    can: EPOLL_CTL_DEL on *epfd* fails with EINVAL when the target is *epfd*'s own file, and
+    with ENOENT (or EBADF, EPERM) for any other file not registered in it, and a failed DEL
+    changes nothing. A file registered in *epfd* is never *epfd* itself, so those are not
+    asked (a DEL would remove them).
+    """
+    if fd == epfd:
+        return True
+    if fd < 0 or fd in registered_fds(epfd):
+        return False
+    return int(lib.ue_sys_epoll_ctl(epfd, abi.EPOLL_CTL_DEL, fd, 0, 0)) == -errno.EINVAL
 
 
 def registered_fds(epfd: int) -> set[int]:
@@ -175,7 +340,7 @@ def registered_fds(epfd: int) -> set[int]:
     The kernel removes a registration when its file is closed; this is the one way to see
     that from user space without touching the registration itself.
     """
-    fds = set()
+    fds: set[int] = set()
     with open(f"/proc/self/fdinfo/{epfd}") as f:
         for line in f:
             if line.startswith("tfd:"):

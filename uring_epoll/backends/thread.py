@@ -11,10 +11,11 @@ kernel one.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from .. import abi
 from .._native_lib import ffi, lib, os_error
-from .base import RingBackend, anonymous_shared
+from .base import RingBackend, anonymous_shared, closed_error
 
 
 class ThreadBackend(RingBackend):
@@ -35,7 +36,7 @@ class ThreadBackend(RingBackend):
         if emu == ffi.NULL:
             raise os_error(err[0], "creating the userspace producer")
         # From here on the C producer holds pointers into the maps: free it before them.
-        self.emu = emu
+        self.emu: Any = emu
         try:
             self._attach(
                 header_map, index_map, protocol, lib.UE_WAIT_FUTEX, -1, emu, spin_ns
@@ -48,26 +49,35 @@ class ThreadBackend(RingBackend):
             self.emu = None
             raise
 
+    def _emu(self) -> Any:
+        """The C producer; OSError(EBADF) once closed (finalizers may run in any order)."""
+        emu = self.emu
+        if emu is None:
+            raise closed_error()
+        return emu
+
     def fileno(self) -> int:
         # The inner epoll: readable while the poller has events still to harvest. (A nested
         # poll of a kernel userpoll epfd reports "ring non-empty" instead; see the README.)
-        return lib.ue_emu_inner_fd(self.emu)
+        return int(lib.ue_emu_inner_fd(self._emu()))
 
     def ctl(self, op: int, fd: int, events: int, data: int) -> None:
-        ret = lib.ue_emu_ctl(self.emu, op, fd, events, data)
+        emu = self._emu()
+        ret = lib.ue_emu_ctl(emu, op, fd, events, data)
         if ret < 0:
             raise os_error(ret)
-        err = lib.ue_emu_thread_error(self.emu)
+        err = lib.ue_emu_thread_error(emu)
         if err:
             raise OSError(err, f"the poller thread stopped: {errno.errorcode.get(err, err)}")
 
     def forget(self, fd: int) -> None:
         # The producer's table still maps fd to a slot; free it as the kernel would have.
-        lib.ue_emu_forget(self.emu, fd)
+        if self.emu is not None:
+            lib.ue_emu_forget(self.emu, fd)
 
     def inject(self, fd: int, events: int) -> None:
         """Publish *events* for *fd* as the poller would on a wake-up (tests, benchmarks)."""
-        ret = lib.ue_emu_inject(self.emu, fd, events)
+        ret = lib.ue_emu_inject(self._emu(), fd, events)
         if ret < 0:
             raise os_error(ret)
 
@@ -78,7 +88,7 @@ class ThreadBackend(RingBackend):
         microseconds later. ``poll(0)`` already does this when the ring looks empty; call it
         to make a batch complete (tests that compare batches with ``select.epoll`` do).
         """
-        ret = lib.ue_emu_sync(self.emu)
+        ret = lib.ue_emu_sync(self._emu())
         if ret < 0:
             raise os_error(ret)
 

@@ -112,7 +112,8 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
         if code != 0:
             raise SystemExit(f"bench inside the kernel failed with exit status {code}")
         with open(out) as f:
-            return json.load(f)
+            report: dict[str, Any] = json.load(f)
+            return report
 
 
 def _load(path: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .. import abi
+from .. import abi, testing
 from .._bench_lib import RUNTIME, ffi, lib
 from .._epoll import epoll
 from .common import (
@@ -34,10 +34,9 @@ CLOCK_NOTE_NS = 1000.0
 def refill(ep: epoll, fds: list[int]) -> None:
     """Make *fds* pending in the ring (untimed): the emulator's producer is called directly;
     on the kernel backend each eventfd is written, and the kernel appends it."""
-    backend = ep._backend
-    if backend.name == "thread":
+    if ep.backend == "thread":
         for fd in fds:
-            backend.inject(fd, select.EPOLLIN)
+            testing.inject(ep, fd, select.EPOLLIN)
     else:
         for fd in fds:
             os.eventfd_write(fd, 1)
@@ -111,7 +110,7 @@ def _iouring_ns(fds: list[int], batch: int, calls: int) -> float | str:
     if value < 0:
         code = int(-value)
         return f"io_uring unavailable: {os.strerror(code)}"
-    return value
+    return float(value)
 
 
 

@@ -109,7 +109,7 @@ def stdlib_waiter(ep: Any, spin_ns: int) -> Callable[[], list[tuple[int, int]]]:
     """select.epoll's nearest equivalent of the ring consumer's wait: with *spin_ns*, a
     bounded busy-poll with ``poll(0)`` (the ring spins on its tail in C for as long), then a
     blocking ``poll`` for at most POLL_TIMEOUT."""
-    poll = ep.poll
+    poll: Callable[[float, int], list[tuple[int, int]]] = ep.poll
     now = time.monotonic_ns
     if not spin_ns:
         return partial(poll, POLL_TIMEOUT, 1)

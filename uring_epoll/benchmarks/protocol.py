@@ -23,7 +23,7 @@ most often, which is why this scenario spins. It runs twice:
 
 from __future__ import annotations
 
-from .. import abi
+from .. import abi, testing
 from .common import Comparison, Progress, Throughput, c_injectors, consume_for, eventfds
 from .sustained import compare_runs, consumer, sustained_one
 
@@ -33,7 +33,7 @@ def ring_only_one(protocol: int, nfds: int, threads: int, seconds: float, progre
     """A spinning consumer fed by C threads publishing straight into the emulator's ring."""
     with eventfds(nfds) as fds, \
             consumer("thread", fds, spin_us, protocol) as (poll_batch, ep), \
-            c_injectors(ep._backend.emu, fds, threads):
+            c_injectors(testing.emulator(ep), fds, threads):
         return consume_for(poll_batch, seconds, progress, f"ring only, protocol {protocol}")
 
 

@@ -426,6 +426,8 @@ def _ring_bytes(ep: epoll) -> int:
     """header_length + index_length from the ring's header. The view is dropped on return: a
     live view keeps the mapping, hence the epoll file and all its epitems, after close()."""
     header = ep.header
+    if header is None:
+        raise ValueError(f"the {ep.backend} backend has no ring")
     return int(header["header_length"]) + int(header["index_length"])
 
 

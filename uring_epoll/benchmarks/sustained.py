@@ -54,7 +54,7 @@ def consumer(
         poll_into = ep.poll_into
 
         def poll_batch() -> int:
-            return poll_into(buffer, 0.05)
+            return int(poll_into(buffer, 0.05))
     try:
         yield poll_batch, ep
     finally:
