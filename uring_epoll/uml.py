@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "BUILD_TOOLS",
     "IN_UML_ENV",
     "PATCHES_ENV",
     "KernelBuild",
@@ -65,6 +66,7 @@ __all__ = [
     "find_kernel",
     "is_inside_uml",
     "kernel_problems",
+    "missing_build_packages",
     "patches_dir",
     "prune",
     "read_series",
@@ -84,10 +86,28 @@ NICE_ENV = "URING_EPOLL_BUILD_NICE"
 KEEP_ENV = "URING_EPOLL_KERNEL_KEEP"
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-APT_PACKAGES = (
-    "linux-source-6.1", "bc", "flex", "bison", "libelf-dev", "libssl-dev",
-    "build-essential", "make", "gcc", "patch", "xz-utils", "python3",
+#: What the build runs, and the Debian package that provides it. ``make headers_install``
+#: copies with rsync; tar needs xz for the source tarball; objtool and the ELF notes need
+#: libelf's header. One ``apt-get install`` of every missing package (and the source) fixes a
+#: fresh machine.
+BUILD_TOOLS: tuple[tuple[str, str], ...] = (
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("ld", "binutils"),
+    ("patch", "patch"),
+    ("bc", "bc"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("perl", "perl"),
+    ("rsync", "rsync"),
+    ("tar", "tar"),
+    ("xz", "xz-utils"),
+    ("/usr/include/libelf.h", "libelf-dev"),
+    ("/usr/include/openssl/ssl.h", "libssl-dev"),
+    ("/usr/include/stdio.h", "libc6-dev"),
 )
+SOURCE_PACKAGE = "linux-source-6.1"
+
 #: Where the C selftests of the series live, relative to the kernel tree.
 SELFTEST_DIR = Path("tools/testing/selftests/filesystems/epoll")
 
@@ -257,11 +277,15 @@ def find_kernel(key: str | None = None) -> KernelBuild | None:
 _apt_updated = False
 
 
-def _missing_tools() -> list[str]:
-    tools = ("make", "gcc", "patch", "bc", "flex", "bison", "tar", "xz")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if not any(Path(p).is_file() for p in ("/usr/include/libelf.h", "/usr/include/gelf.h")):
-        missing.append("libelf-dev")
+def missing_build_packages(tarball: Path | None = None) -> list[str]:
+    """The Debian packages the kernel build needs that this machine lacks (the source
+    package too when its tarball is missing), in :data:`BUILD_TOOLS` order."""
+    tarball = SOURCE_TARBALL if tarball is None else tarball
+    missing = [SOURCE_PACKAGE] if not tarball.is_file() else []
+    for need, package in BUILD_TOOLS:
+        present = Path(need).is_file() if need.startswith("/") else shutil.which(need) is not None
+        if not present and package not in missing:
+            missing.append(package)
     return missing
 
 
@@ -273,10 +297,10 @@ def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) ->
     """
     global _apt_updated
     tarball = SOURCE_TARBALL if tarball is None else tarball
-    missing = _missing_tools()
-    if tarball.is_file() and not missing:
+    missing = missing_build_packages(tarball)
+    if not missing:
         return tarball
-    what = ", ".join(([str(tarball)] if not tarball.is_file() else []) + missing)
+    what = ", ".join(missing)
     apt = shutil.which("apt-get")
     if apt is None:
         raise KernelSourceError(f"missing {what} and apt-get is not available to install it")
@@ -284,8 +308,9 @@ def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) ->
         raise KernelSourceError(f"missing {what}; installing it with apt-get needs root")
     out = log if log is not None else sys.stderr
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    commands = [] if _apt_updated else [[apt, "update"]]
-    commands.append([apt, "install", "-y", "--no-install-recommends", *APT_PACKAGES])
+    install = [apt, "install", "-y", "--no-install-recommends", *missing]
+    # A fresh machine has empty package lists: update first, once per process.
+    commands = [install] if _apt_updated else [[apt, "update"], install]
     for cmd in commands:
         print(f"uring-epoll kernel: {' '.join(cmd)}", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
@@ -296,9 +321,7 @@ def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) ->
             raise KernelSourceError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
         if cmd[1] == "update":
             _apt_updated = True
-    if not tarball.is_file():
-        raise KernelSourceError(f"apt-get installed linux-source-6.1 but {tarball} is missing")
-    still = _missing_tools()
+    still = missing_build_packages(tarball)
     if still:
         raise KernelSourceError(f"still missing after apt-get install: {', '.join(still)}")
     return tarball
