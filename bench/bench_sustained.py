@@ -39,11 +39,15 @@ def consume(poll_batch: Callable[[], int], events: int, runs: list[tuple[int, fl
     return got
 
 
-def run_rounds(benchmark, backend: str, spin_us: float = 0.0,
-               protocol: int = abi.PROTOCOL_V5) -> None:
+def run_rounds(
+    benchmark, backend: str, spin_us: float = 0.0, protocol: int = abi.PROTOCOL_V5
+) -> None:
     runs: list[tuple[int, float]] = []
-    with eventfds(64) as fds, consumer(backend, fds, spin_us, protocol) as (poll_batch, _), \
-            c_producers(fds, 1) as written:
+    with (
+        eventfds(64) as fds,
+        consumer(backend, fds, spin_us, protocol) as (poll_batch, _),
+        c_producers(fds, 1) as written,
+    ):
         benchmark.pedantic(consume, args=(poll_batch, EVENTS, runs), rounds=5)
     # Edge-triggered eventfds coalesce writes, never invent events.
     assert all(got >= EVENTS for got, _ in runs)

@@ -59,7 +59,7 @@ def test_event_dtype_is_the_packed_epoll_event() -> None:
     assert uring_epoll.EVENT_DTYPE == dt == uring_epoll.epoll.EVENT_DTYPE
     raw = np.zeros(2, dt)
     raw[1] = (0x11223344, 0x0102030405060708)
-    assert raw.tobytes()[12:] == bytes.fromhex("44332211" "0807060504030201")
+    assert raw.tobytes()[12:] == bytes.fromhex("443322110807060504030201")
 
 
 def test_public_dtypes_are_the_abi_ones() -> None:
@@ -76,8 +76,18 @@ def test_constants() -> None:
     assert abi.MAX_ITEMS_LIMIT == 65536
     assert (abi.EPOLL_CTL_ADD, abi.EPOLL_CTL_DEL, abi.EPOLL_CTL_MOD) == (1, 2, 3)
     # EPOLLREMOVED must not collide with any bit epoll itself defines.
-    for name in ("EPOLLIN", "EPOLLPRI", "EPOLLOUT", "EPOLLERR", "EPOLLHUP", "EPOLLRDHUP",
-                 "EPOLLEXCLUSIVE", "EPOLLONESHOT", "EPOLLET", "EPOLLMSG"):
+    for name in (
+        "EPOLLIN",
+        "EPOLLPRI",
+        "EPOLLOUT",
+        "EPOLLERR",
+        "EPOLLHUP",
+        "EPOLLRDHUP",
+        "EPOLLEXCLUSIVE",
+        "EPOLLONESHOT",
+        "EPOLLET",
+        "EPOLLMSG",
+    ):
         assert not getattr(abi, name) & abi.EPOLLREMOVED, name
     assert abi.EPOLLWAKEUP == 1 << 29
 

@@ -16,7 +16,9 @@ from uring_epoll.benchmarks import SCENARIOS
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "uring_epoll.cli", "bench", "--quick", *args],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -67,8 +69,9 @@ def test_vpoll_source() -> None:
     """Kernel vpoll fds are driven from the C threads; the emulation is refused, with why."""
     from uring_epoll import vpoll
 
-    kernel_vpoll = any(s.available for name, s in vpoll.implementation_status().items()
-                       if name != "emulation")
+    kernel_vpoll = any(
+        s.available for name, s in vpoll.implementation_status().items() if name != "emulation"
+    )
     result = bench("--scenario", "sustained", "--source", "vpoll")
     if kernel_vpoll:
         assert result.returncode == 0, result.stderr
@@ -86,7 +89,9 @@ def test_markdown_from_saved_report(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     shown = subprocess.run(
         [sys.executable, "-m", "uring_epoll.cli", "bench", "--load", str(out), "--markdown"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
     assert "**drain**" in shown.stdout
@@ -96,10 +101,13 @@ def test_markdown_from_saved_report(tmp_path: Path) -> None:
     assert not shown.stderr  # no progress output: nothing ran
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--load", "/nonexistent/report.json"), "cannot load"),
-    (("--producers", "0"), "--producers must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--load", "/nonexistent/report.json"), "cannot load"),
+        (("--producers", "0"), "--producers must be at least 1"),
+    ],
+)
 def test_bad_arguments(args: tuple[str, ...], message: str) -> None:
     result = bench(*args)
     assert result.returncode == 2
@@ -123,9 +131,19 @@ def test_kernel_bench(tmp_path: Path) -> None:
     uml_support.kernel()  # build or reuse it; in CI a kernel that cannot be had fails here
     out = tmp_path / "uml.json"
     result = subprocess.run(
-        [sys.executable, "-m", "uring_epoll.cli", "bench", "--kernel", "--quick",
-         "--json-file", str(out)],
-        capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "uring_epoll.cli",
+            "bench",
+            "--kernel",
+            "--quick",
+            "--json-file",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("User-Mode Linux figures") == 1  # the guest's table not echoed
@@ -138,5 +156,7 @@ def test_kernel_bench(tmp_path: Path) -> None:
     assert "kernel (eventfd): consumer CPU/event" in labels
     assert "kernel sleep p99.9" in labels
     assert {r["ring"]["name"] for r in report["results"] if r["scenario"] == "drain"} >= {
-        "kernel poll_into", "kernel poll"}
+        "kernel poll_into",
+        "kernel poll",
+    }
     assert {row["backend"] for row in report["memory"]} == {"kernel"}

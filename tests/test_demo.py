@@ -24,12 +24,30 @@ if REQUIRE_KERNEL and "kernel" not in RING_BACKENDS:
     RING_BACKENDS.insert(0, "kernel")
 
 #: Every step is raised half a tick after the second of two ticks: two timeouts, then the event.
-KERNEL_LINES = [line for ev in ("1", "1", "3", "2", "4", "10")
-                for line in (T, T, f"GOT event {ev}")]
+KERNEL_LINES = [
+    line for ev in ("1", "1", "3", "2", "4", "10") for line in (T, T, f"GOT event {ev}")
+]
 #: The emulation raises IN for IN|PRI and nothing for PRI (two more ticks pass), and its hangup
 #: reads IN|HUP|RDHUP.
-EMULATION_LINES = [T, T, "GOT event 1", T, T, "GOT event 1", T, T, "GOT event 1",
-                   T, T, T, T, "GOT event 4", T, T, "GOT event 2011"]
+EMULATION_LINES = [
+    T,
+    T,
+    "GOT event 1",
+    T,
+    T,
+    "GOT event 1",
+    T,
+    T,
+    "GOT event 1",
+    T,
+    T,
+    T,
+    T,
+    "GOT event 4",
+    T,
+    T,
+    "GOT event 2011",
+]
 
 
 def expected(impl: str, backend: str) -> list[str]:
@@ -41,8 +59,10 @@ def expected(impl: str, backend: str) -> list[str]:
         # The kernel ring reports a wake-up's key, not a re-poll: a unix socket's data
         # wake-up says IN|PRI, its shutdown has no key (= every registered event, 0x201f).
         # See test_vpoll.test_kernel_ring_reports_socket_wake_keys.
-        body = [{"GOT event 1": "GOT event 3", "GOT event 2011": "GOT event 201f"}.get(x, x)
-                for x in body]
+        body = [
+            {"GOT event 1": "GOT event 3", "GOT event 2011": "GOT event 201f"}.get(x, x)
+            for x in body
+        ]
     return [first, f"ring backend: {backend}", *body]
 
 
@@ -89,8 +109,10 @@ def _use(impl: str) -> None:
 @pytest.mark.parametrize("impl", vp.IMPLEMENTATIONS)
 def test_fast_demo_output(impl: str, backend: str) -> None:
     _use(impl)
-    run_and_check(lambda out: demo.run_demo(backend=backend, fast=True, impl=impl, out=out),
-                  expected(impl, backend))
+    run_and_check(
+        lambda out: demo.run_demo(backend=backend, fast=True, impl=impl, out=out),
+        expected(impl, backend),
+    )
 
 
 def test_auto_choices(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,8 +120,10 @@ def test_auto_choices(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv(vp.VPOLL_ENV, raising=False)
     monkeypatch.delenv(probe.BACKEND_ENV, raising=False)
-    run_and_check(lambda out: demo.run_demo(fast=True, out=out),
-                  expected(vp.resolve_impl(None), probe.resolve_backend(None)))
+    run_and_check(
+        lambda out: demo.run_demo(fast=True, out=out),
+        expected(vp.resolve_impl(None), probe.resolve_backend(None)),
+    )
 
 
 def test_cli_demo_fast() -> None:
@@ -108,9 +132,21 @@ def test_cli_demo_fast() -> None:
 
     def run(out: StampedOut) -> int:
         result = subprocess.run(
-            [sys.executable, "-m", "uring_epoll.cli", "demo", "--fast", "--vpoll", "emulation",
-             "--backend", backend],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "uring_epoll.cli",
+                "demo",
+                "--fast",
+                "--vpoll",
+                "emulation",
+                "--backend",
+                backend,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         out.write(result.stdout)
         out.stamps.append(result.stderr)
         return result.returncode
@@ -126,8 +162,12 @@ def test_console_script_demo_fast() -> None:
     backend = RING_BACKENDS[0]
 
     def run(out: StampedOut) -> int:
-        result = subprocess.run([exe, "demo", "--fast", "--backend", backend],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [exe, "demo", "--fast", "--backend", backend],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         out.write(result.stdout)
         out.stamps.append(result.stderr)
         return result.returncode
@@ -136,8 +176,12 @@ def test_console_script_demo_fast() -> None:
 
 
 def test_cli_demo_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "uring_epoll.cli", "demo", "--help"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "uring_epoll.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     for option in ("--fast", "--backend", "--vpoll"):
         assert option in result.stdout

@@ -146,10 +146,11 @@ class TestSameExceptionsAsSelectEpoll:
         r, w = os.pipe()
         os.close(r)
         os.close(w)
-        for name, args in [("register", (r, ET_IN)), ("modify", (r, ET_IN)),
-                           ("unregister", (r,))]:
-            exc = same_error(lambda n=name, a=args: getattr(ours, n)(*a),
-                             lambda n=name, a=args: getattr(std, n)(*a))
+        for name, args in [("register", (r, ET_IN)), ("modify", (r, ET_IN)), ("unregister", (r,))]:
+            exc = same_error(
+                lambda n=name, a=args: getattr(ours, n)(*a),
+                lambda n=name, a=args: getattr(std, n)(*a),
+            )
             assert type(exc) is OSError and exc.errno == errno.EBADF, name
         big = 1_000_000  # far beyond any open fd
         exc = same_error(lambda: ours.register(big, ET_IN), lambda: std.register(big, ET_IN))
@@ -157,16 +158,23 @@ class TestSameExceptionsAsSelectEpoll:
 
     def test_negative_fd_is_value_error(self, backend, pair) -> None:
         ours, std = pair
-        for name, args in [("register", (-1, ET_IN)), ("modify", (-1, ET_IN)),
-                           ("unregister", (-1,)), ("register", (-5,))]:
-            exc = same_error(lambda n=name, a=args: getattr(ours, n)(*a),
-                             lambda n=name, a=args: getattr(std, n)(*a))
+        for name, args in [
+            ("register", (-1, ET_IN)),
+            ("modify", (-1, ET_IN)),
+            ("unregister", (-1,)),
+            ("register", (-5,)),
+        ]:
+            exc = same_error(
+                lambda n=name, a=args: getattr(ours, n)(*a),
+                lambda n=name, a=args: getattr(std, n)(*a),
+            )
             assert type(exc) is ValueError, name
 
     def test_registering_itself_is_einval(self, backend, pair) -> None:
         ours, std = pair
-        exc = same_error(lambda: ours.register(ours.fileno(), ET_IN),
-                         lambda: std.register(std.fileno(), ET_IN))
+        exc = same_error(
+            lambda: ours.register(ours.fileno(), ET_IN), lambda: std.register(std.fileno(), ET_IN)
+        )
         assert exc.errno == errno.EINVAL
 
     def test_empty_mask_then_modify(self, backend, pair) -> None:
@@ -191,12 +199,20 @@ class TestSameExceptionsAsSelectEpoll:
     def test_maxevents_zero_and_below_minus_one(self, backend, pair) -> None:
         ours, std = pair
         for maxevents in (0, -2, -100):
-            exc = same_error(lambda m=maxevents: ours.poll(0, m),
-                             lambda m=maxevents: std.poll(0, m))
+            exc = same_error(
+                lambda m=maxevents: ours.poll(0, m), lambda m=maxevents: std.poll(0, m)
+            )
             assert type(exc) is ValueError, maxevents
         # The keyword spelling, too.
-        assert type(same_error(lambda: ours.poll(timeout=0, maxevents=0),
-                               lambda: std.poll(timeout=0, maxevents=0))) is ValueError
+        assert (
+            type(
+                same_error(
+                    lambda: ours.poll(timeout=0, maxevents=0),
+                    lambda: std.poll(timeout=0, maxevents=0),
+                )
+            )
+            is ValueError
+        )
         assert ours.poll(0, -1) == std.poll(0, -1) == []
         assert ours.poll(0, 1) == std.poll(0, 1) == []
 
@@ -214,8 +230,10 @@ class TestSameExceptionsAsSelectEpoll:
 
     def test_sizehint(self, backend) -> None:
         for sizehint in (0, -2):
-            exc = same_error(lambda s=sizehint: uring_epoll.epoll(s, backend=backend),
-                             lambda s=sizehint: select.epoll(s))
+            exc = same_error(
+                lambda s=sizehint: uring_epoll.epoll(s, backend=backend),
+                lambda s=sizehint: select.epoll(s),
+            )
             assert type(exc) is ValueError, sizehint
         for sizehint in (-1, 1, 10):
             with uring_epoll.epoll(sizehint, backend=backend) as ep, select.epoll(sizehint):
@@ -243,11 +261,19 @@ class TestSameExceptionsAsSelectEpoll:
         assert ours.closed and std.closed
         ours.close()  # idempotent, like the stdlib
         std.close()
-        for name, args in [("register", (efd, ET_IN)), ("modify", (efd, ET_IN)),
-                           ("unregister", (efd,)), ("poll", ()), ("poll", (0,)),
-                           ("poll", (None, 5)), ("fileno", ())]:
-            exc = same_error(lambda n=name, a=args: getattr(ours, n)(*a),
-                             lambda n=name, a=args: getattr(std, n)(*a))
+        for name, args in [
+            ("register", (efd, ET_IN)),
+            ("modify", (efd, ET_IN)),
+            ("unregister", (efd,)),
+            ("poll", ()),
+            ("poll", (0,)),
+            ("poll", (None, 5)),
+            ("fileno", ()),
+        ]:
+            exc = same_error(
+                lambda n=name, a=args: getattr(ours, n)(*a),
+                lambda n=name, a=args: getattr(std, n)(*a),
+            )
             assert type(exc) is ValueError, name
         # The stdlib's context manager refuses a closed object as well.
         exc = same_error(lambda: ours.__enter__(), lambda: std.__enter__())
@@ -721,9 +747,7 @@ def test_unregister_with_a_pending_entry_delivers_nothing(backend, efd) -> None:
 
 
 @ring_backends
-def test_unregister_then_register_again_before_the_pending_entry_is_consumed(
-    backend, efd
-) -> None:
+def test_unregister_then_register_again_before_the_pending_entry_is_consumed(backend, efd) -> None:
     """The slot's stale entry (EPOLLREMOVED) must not be reported for the old registration,
     and the new registration's event is reported exactly once."""
     with uring_epoll.epoll(backend=backend) as ep:
@@ -795,9 +819,11 @@ class TestRing:
     def test_views_are_read_only_and_describe_the_ring(self, backend, efd) -> None:
         with uring_epoll.epoll(backend=backend, max_items=100) as ep:
             header, items, index = ep.header, ep.items, ep.index
-            for view, dtype in ((header, uring_epoll.HEADER_DTYPE),
-                                (items, uring_epoll.ITEM_DTYPE),
-                                (index, uring_epoll.INDEX_DTYPE)):
+            for view, dtype in (
+                (header, uring_epoll.HEADER_DTYPE),
+                (items, uring_epoll.ITEM_DTYPE),
+                (index, uring_epoll.INDEX_DTYPE),
+            ):
                 assert isinstance(view, np.ndarray) and view.dtype == dtype
                 assert not view.flags.writeable
             assert int(header["magic"]) == 0xEB01EB01
@@ -977,8 +1003,11 @@ def test_pending_entry_of_a_closed_fd_is_not_delivered(backend, request) -> None
         # Known limitation of the emulation: nothing tells user space that a file was closed,
         # so an entry the poller published before the close is still delivered (the kernel
         # turns it into EPOLLREMOVED). The slot itself is reclaimed on the next ENOSPC.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the emulator cannot see a "
-                                              "close(); unregister before closing"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="the emulator cannot see a close(); unregister before closing"
+            )
+        )
     with uring_epoll.epoll(backend=backend) as ep, select.epoll() as std:
         fd = os.eventfd(0, os.EFD_NONBLOCK)
         for e in (ep, std):

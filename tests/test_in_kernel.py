@@ -47,7 +47,8 @@ SELFTESTS = _selftests_of_series()
 def test_kernel_is_uml() -> None:
     result = uml_support.run_in_kernel(
         [sys.executable, "-c", "from uring_epoll import uml; print(uml.is_inside_uml())"],
-        timeout=120)
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "True"
 
 
@@ -55,8 +56,18 @@ def test_package_suite_inside_kernel(tmp_path: Path) -> None:
     """The whole non-uml suite and the benchmark suites (once each) against the real kernel,
     with the kernel backend required."""
     result = uml_support.run_in_kernel(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "bench",
-         "-m", "not uml"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests",
+            "bench",
+            "-m",
+            "not uml",
+        ],
         timeout=1800,
         extra_env={
             uml.IN_UML_ENV: "1",
@@ -64,7 +75,8 @@ def test_package_suite_inside_kernel(tmp_path: Path) -> None:
             # The guest shares the host's /tmp; keep its pytest temp dirs out of the host
             # pytest's numbered basetemp rotation.
             "TMPDIR": str(tmp_path),
-        })
+        },
+    )
     assert result.returncode == 0, f"pytest inside the kernel exited {result.returncode}"
 
 

@@ -117,8 +117,13 @@ def test_every_write_is_accounted_for(backend: str, eventfds: list[int], max_ite
         consumer = Consumer(ep)
         err = ffi.new("int *")
         group = lib.ue_producers_start(
-            ffi.cast("int *", ffi.from_buffer(fd_array)), len(eventfds), THREADS,
-            WRITES_PER_THREAD, 1, 0, err,
+            ffi.cast("int *", ffi.from_buffer(fd_array)),
+            len(eventfds),
+            THREADS,
+            WRITES_PER_THREAD,
+            1,
+            0,
+            err,
         )
         if group == ffi.NULL:
             raise os_error(err[0], "starting the producer threads")
@@ -175,7 +180,8 @@ def test_producers_on_few_fds_with_blocking_polls(backend: str, nofile) -> None:
             consumer = Consumer(ep, batch=2)  # smaller than the number of fds
             err = ffi.new("int *")
             group = lib.ue_producers_start(
-                ffi.cast("int *", ffi.from_buffer(fd_array)), 4, 4, per_thread, 1, 0, err)
+                ffi.cast("int *", ffi.from_buffer(fd_array)), 4, 4, per_thread, 1, 0, err
+            )
             if group == ffi.NULL:
                 raise os_error(err[0], "starting the producer threads")
             written = ffi.new("uint64_t *")

@@ -61,8 +61,7 @@ class World:
     """The fds, one select.epoll and one uring_epoll.epoll over them."""
 
     def __init__(self, backend: str, protocol: int = 5) -> None:
-        self.fds: list[int] = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                               for _ in EVENTFDS]
+        self.fds: list[int] = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in EVENTFDS]
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fds += [r, w]
         self.role = {fd: i for i, fd in enumerate(self.fds)}
@@ -125,8 +124,7 @@ class World:
         testing.sync(self.ours)  # the thread backend's producer lags; see above
         expected = sorted(self.std.poll(0))
         got = sorted(self.ours.poll(0))
-        names = {fd: ["efd0", "efd1", "efd2", "pipe_r", "pipe_w"][i]
-                 for fd, i in self.role.items()}
+        names = {fd: ["efd0", "efd1", "efd2", "pipe_r", "pipe_w"][i] for fd, i in self.role.items()}
         assert got == expected, (
             f"ours {[(names[f], e) for f, e in got]} != "
             f"select.epoll {[(names[f], e) for f, e in expected]} after {self.log}"
@@ -163,21 +161,58 @@ VARIANTS = [*RINGS, "thread-p3"] if "thread" in RINGS else list(RINGS)
 
 KNOWN = [
     # Every mode on the eventfds, produce/consume/modify/unregister in between.
-    [("register", 0, 0), ("register", 1, EPOLLET), ("register", 2, EPOLLONESHOT),
-     ("produce", 0, 0), ("produce", 1, 0), ("produce", 2, 0), ("consume", 0, 0),
-     ("produce", 2, 0), ("consume", 0, 0), ("modify", 2, EPOLLONESHOT), ("produce", 1, 0),
-     ("unregister", 1, 0), ("consume", 0, 0), ("consume", 0, 0)],
+    [
+        ("register", 0, 0),
+        ("register", 1, EPOLLET),
+        ("register", 2, EPOLLONESHOT),
+        ("produce", 0, 0),
+        ("produce", 1, 0),
+        ("produce", 2, 0),
+        ("consume", 0, 0),
+        ("produce", 2, 0),
+        ("consume", 0, 0),
+        ("modify", 2, EPOLLONESHOT),
+        ("produce", 1, 0),
+        ("unregister", 1, 0),
+        ("consume", 0, 0),
+        ("consume", 0, 0),
+    ],
     # The pipe: fill it, read it, the write end comes back (ET and LT).
-    [("register", PIPE_W, EPOLLET), ("register", PIPE_R, 0), ("consume", 0, 0),
-     ("produce", PIPE_W, 0), ("consume", 0, 0), ("consume", 0, 0)],
-    [("register", PIPE_W, 0), ("produce", PIPE_W, 0), ("consume", 0, 0),
-     ("register", PIPE_R, EPOLLET | EPOLLONESHOT), ("consume", 0, 0), ("consume", 0, 0)],
+    [
+        ("register", PIPE_W, EPOLLET),
+        ("register", PIPE_R, 0),
+        ("consume", 0, 0),
+        ("produce", PIPE_W, 0),
+        ("consume", 0, 0),
+        ("consume", 0, 0),
+    ],
+    [
+        ("register", PIPE_W, 0),
+        ("produce", PIPE_W, 0),
+        ("consume", 0, 0),
+        ("register", PIPE_R, EPOLLET | EPOLLONESHOT),
+        ("consume", 0, 0),
+        ("consume", 0, 0),
+    ],
     # Unregister with a pending entry, then register again while still ready.
-    [("register", 0, EPOLLET), ("produce", 0, 0), ("unregister", 0, 0),
-     ("register", 0, EPOLLET), ("consume", 0, 0), ("consume", 0, 0)],
+    [
+        ("register", 0, EPOLLET),
+        ("produce", 0, 0),
+        ("unregister", 0, 0),
+        ("register", 0, EPOLLET),
+        ("consume", 0, 0),
+        ("consume", 0, 0),
+    ],
     # Modify of a ready ET registration re-queues it; of an LT one, too.
-    [("register", 0, EPOLLET), ("produce", 0, 0), ("consume", 0, 0), ("produce", 0, 0),
-     ("modify", 0, EPOLLET), ("modify", 0, 0), ("consume", 0, 0)],
+    [
+        ("register", 0, EPOLLET),
+        ("produce", 0, 0),
+        ("consume", 0, 0),
+        ("produce", 0, 0),
+        ("modify", 0, EPOLLET),
+        ("modify", 0, 0),
+        ("consume", 0, 0),
+    ],
 ]
 
 
@@ -194,8 +229,16 @@ def test_known_sequences(backend: str, sequence) -> None:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(sequence=st.lists(ops, min_size=1, max_size=30))
-@example(sequence=[("register", 4, EPOLLET), ("produce", 4, 0), ("register", 3, EPOLLET),
-                   ("consume", 0, 0), ("produce", 3, 0), ("consume", 0, 0)])
+@example(
+    sequence=[
+        ("register", 4, EPOLLET),
+        ("produce", 4, 0),
+        ("register", 3, EPOLLET),
+        ("consume", 0, 0),
+        ("produce", 3, 0),
+        ("consume", 0, 0),
+    ]
+)
 def test_random_sequences_match_select_epoll(backend: str, sequence) -> None:
     run_sequence(backend, sequence)
 
@@ -242,17 +285,21 @@ def _socket_peer_closed():
     return a.fileno(), [a, b], b.close
 
 
-HANGUPS = {"pipe-writer-closed": _pipe_writer_closed,
-           "socket-peer-shut-wr": _socket_peer_shut_wr,
-           "socket-peer-closed": _socket_peer_closed}
+HANGUPS = {
+    "pipe-writer-closed": _pipe_writer_closed,
+    "socket-peer-shut-wr": _socket_peer_shut_wr,
+    "socket-peer-closed": _socket_peer_closed,
+}
 
 
 @pytest.mark.parametrize("backend", RINGS)
-@pytest.mark.parametrize("mode", [EPOLLET, 0, EPOLLET | select.EPOLLRDHUP],
-                         ids=["ET", "LT", "ET-RDHUP"])
+@pytest.mark.parametrize(
+    "mode", [EPOLLET, 0, EPOLLET | select.EPOLLRDHUP], ids=["ET", "LT", "ET-RDHUP"]
+)
 @pytest.mark.parametrize("scenario", list(HANGUPS))
-def test_hangup_bits_match_select_epoll(backend: str, mode: int, scenario: str,
-                                        request: pytest.FixtureRequest) -> None:
+def test_hangup_bits_match_select_epoll(
+    backend: str, mode: int, scenario: str, request: pytest.FixtureRequest
+) -> None:
     """Hang-ups and shutdowns wake the file's wait queue without a key (sock_def_wakeup,
     pipe_release): the bits the ring reports must still be the ones epoll_wait reports --
     in particular no EPOLLERR that nothing raised, and no HUP for a half-closed socket,
@@ -261,8 +308,11 @@ def test_hangup_bits_match_select_epoll(backend: str, mode: int, scenario: str,
         # Known deviation of kernel_patches/0002: a key-less wake-up publishes the registered
         # interest (which always holds ERR|HUP) instead of re-polling the file from a work
         # item as the RFC did. Fixing it is open work on the patch.
-        request.applymarker(pytest.mark.xfail(
-            strict=False, reason="kernel port: key-less wake-ups report the registered interest"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=False, reason="kernel port: key-less wake-ups report the registered interest"
+            )
+        )
     fd, keep, hang_up = HANGUPS[scenario]()
     try:
         with uring_epoll.epoll(backend=backend) as ours, select.epoll() as std:

@@ -103,8 +103,12 @@ def test_events_come_out_in_ring_order_with_their_data(rings, protocol: int) -> 
         assert p.publish(slot)
     assert not p.publish(3, EPOLLOUT)  # ORed into the pending entry: no second entry
     assert p.tail == 4
-    assert p.drain() == [(1003, EPOLLIN | EPOLLOUT), (1000, EPOLLIN), (1007, EPOLLIN),
-                         (1005, EPOLLIN)]
+    assert p.drain() == [
+        (1003, EPOLLIN | EPOLLOUT),
+        (1000, EPOLLIN),
+        (1007, EPOLLIN),
+        (1005, EPOLLIN),
+    ]
     assert p.head == p.tail == 4
     assert not p.ring.items["ready_events"].any()  # exchanged to 0
     assert p.ring.stats()["ring_events"] == 4
@@ -360,7 +364,10 @@ def test_ring_refuses_bad_headers() -> None:
 
 def test_drain_refuses_wrong_buffers(rings) -> None:
     p = rings()
-    for bad in (np.zeros(4, np.uint64), np.zeros((2, 2), EVENT_DTYPE),
-                np.zeros(8, EVENT_DTYPE)[::2]):
+    for bad in (
+        np.zeros(4, np.uint64),
+        np.zeros((2, 2), EVENT_DTYPE),
+        np.zeros(8, EVENT_DTYPE)[::2],
+    ):
         with pytest.raises(TypeError):
             p.ring.drain(bad)

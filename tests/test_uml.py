@@ -107,7 +107,8 @@ def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def test_ensure_source_explains_why_it_cannot_install(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "linux-source-6.1.tar.xz"
     monkeypatch.setattr(uml.shutil, "which", lambda name: None if name == "apt-get" else "/x")
     with pytest.raises(uml.KernelSourceError, match="apt-get is not available"):
@@ -123,8 +124,10 @@ def test_ensure_source_explains_why_it_cannot_install(
 def test_kernel_problems_finds_splats_after_init_only() -> None:
     boot = "WARNING: at boot, not ours\nRun /tmp/x/init as init process\n"
     assert uml.kernel_problems(boot + "ordinary line\n") == ""
-    splat = ("------------[ cut here ]------------\nWARNING: CPU: 0 PID: 7 at fs/eventpoll.c:1 x\n"
-             "Call Trace:\n [<60000000>] ep_insert+0x1/0x2\n")
+    splat = (
+        "------------[ cut here ]------------\nWARNING: CPU: 0 PID: 7 at fs/eventpoll.c:1 x\n"
+        "Call Trace:\n [<60000000>] ep_insert+0x1/0x2\n"
+    )
     found = uml.kernel_problems(boot + splat)
     assert "fs/eventpoll.c" in found and "ep_insert" in found and "at boot" not in found
 
@@ -195,8 +198,9 @@ def fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pa
     return tarball, pdir, log
 
 
-def test_build_applies_series_merges_config_and_publishes(fake_tree: tuple[Path, Path, Path]
-                                                          ) -> None:
+def test_build_applies_series_merges_config_and_publishes(
+    fake_tree: tuple[Path, Path, Path],
+) -> None:
     tarball, pdir, log = fake_tree
     built = uml.build(tarball=tarball, pdir=pdir, progress=None)
     assert built.key == uml.cache_key(tarball, pdir)
@@ -209,7 +213,11 @@ def test_build_applies_series_merges_config_and_publishes(fake_tree: tuple[Path,
     assert (built.root / "kernel_patches" / "0001-greet.patch").read_text() == GOOD_PATCH
     assert uml.cache_key(tarball, built.root / "kernel_patches") == built.key
     assert [line.split()[-1] for line in log.read_text().splitlines()] == [
-        "defconfig", "olddefconfig", "linux", "headers_install"]
+        "defconfig",
+        "olddefconfig",
+        "linux",
+        "headers_install",
+    ]
     assert not list(uml.cache_root().glob(".tmp-*"))
     # Cached: no make at all the second time.
     before = log.read_text()
@@ -222,8 +230,9 @@ def test_build_applies_series_merges_config_and_publishes(fake_tree: tuple[Path,
     assert built.linux.is_file()
 
 
-def test_old_builds_are_pruned(fake_tree: tuple[Path, Path, Path],
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_old_builds_are_pruned(
+    fake_tree: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     tarball, pdir, _ = fake_tree
     monkeypatch.setenv(uml.KEEP_ENV, "2")
     builds = []
@@ -251,14 +260,25 @@ def test_concurrent_builds_build_once(fake_tree: tuple[Path, Path, Path], tmp_pa
     import subprocess
 
     tarball, pdir, log = fake_tree
-    code = ("import sys; from pathlib import Path; from uring_epoll import uml; "
-            "print(uml.build(tarball=Path(sys.argv[1]), pdir=Path(sys.argv[2]), "
-            "progress=None).linux)")
-    env = dict(os.environ, FAKE_MAKE_SLEEP="2",
-               PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT),
-                                           os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tarball), str(pdir)], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import sys; from pathlib import Path; from uring_epoll import uml; "
+        "print(uml.build(tarball=Path(sys.argv[1]), pdir=Path(sys.argv[2]), "
+        "progress=None).linux)"
+    )
+    env = dict(
+        os.environ,
+        FAKE_MAKE_SLEEP="2",
+        PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tarball), str(pdir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert outputs[0] == outputs[1] and outputs[0].endswith("/linux")
@@ -280,8 +300,13 @@ def test_exit_status_zero_and_nonzero() -> None:
 
 @needs_kernel
 def test_signal_gives_128_plus_signal() -> None:
-    code = uml.run(["sh", "-c", "kill -TERM $$"], kernel=uml_support.kernel(), stdout=None,
-                   stderr=None, timeout=120)
+    code = uml.run(
+        ["sh", "-c", "kill -TERM $$"],
+        kernel=uml_support.kernel(),
+        stdout=None,
+        stderr=None,
+        timeout=120,
+    )
     assert code == 128 + 15
 
 
@@ -295,12 +320,18 @@ def test_missing_command_gives_127() -> None:
 @needs_kernel
 def test_runs_inside_uml_in_callers_cwd(tmp_path: Path) -> None:
     (tmp_path / "marker").write_text("here\n")
-    script = ("import os, sys\nfrom uring_epoll import uml\n"
-              "print(os.getcwd()); print(open('marker').read().strip()); "
-              "print(uml.is_inside_uml()); print(os.uname().release)")
-    result = uml.run_capture([sys.executable, "-c", script], cwd=tmp_path,
-                             kernel=uml_support.kernel(), timeout=120,
-                             env=dict(os.environ, PYTHONPATH=str(uml_support.REPO_ROOT)))
+    script = (
+        "import os, sys\nfrom uring_epoll import uml\n"
+        "print(os.getcwd()); print(open('marker').read().strip()); "
+        "print(uml.is_inside_uml()); print(os.uname().release)"
+    )
+    result = uml.run_capture(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        kernel=uml_support.kernel(),
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(uml_support.REPO_ROOT)),
+    )
     assert result.returncode == 0, result.stderr
     cwd, marker, inside, release = result.stdout.split("\n")[:4]
     assert cwd == str(tmp_path) and marker == "here" and inside == "True"
@@ -311,8 +342,12 @@ def test_runs_inside_uml_in_callers_cwd(tmp_path: Path) -> None:
 @needs_kernel
 def test_environment_is_passed_exactly() -> None:
     env = {"PATH": os.environ["PATH"], "URING_EPOLL_T": "a b\tc=d\n'\"$x", "EMPTY": ""}
-    result = uml.run_capture([sys.executable, "-c", "import os; print(repr(dict(os.environ)))"],
-                             env=env, kernel=uml_support.kernel(), timeout=120)
+    result = uml.run_capture(
+        [sys.executable, "-c", "import os; print(repr(dict(os.environ)))"],
+        env=env,
+        kernel=uml_support.kernel(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     seen = eval(result.stdout)  # repr of a dict of str
     seen.pop("LC_CTYPE", None)  # Python's C-locale coercion may add it in the child
@@ -321,11 +356,17 @@ def test_environment_is_passed_exactly() -> None:
 
 @needs_kernel
 def test_stdout_and_stderr_are_separate_and_exact() -> None:
-    script = ("import sys\nsys.stdout.write('out 1\\nout 2\\n'); sys.stdout.flush()\n"
-              "sys.stderr.write('err\\n'); sys.stdout.buffer.write(bytes(range(256)))")
-    result = uml.run([sys.executable, "-c", script], kernel=uml_support.kernel(), timeout=120,
-                     stdout=(out := __import__("io").BytesIO()),
-                     stderr=(err := __import__("io").BytesIO()))
+    script = (
+        "import sys\nsys.stdout.write('out 1\\nout 2\\n'); sys.stdout.flush()\n"
+        "sys.stderr.write('err\\n'); sys.stdout.buffer.write(bytes(range(256)))"
+    )
+    result = uml.run(
+        [sys.executable, "-c", script],
+        kernel=uml_support.kernel(),
+        timeout=120,
+        stdout=(out := __import__("io").BytesIO()),
+        stderr=(err := __import__("io").BytesIO()),
+    )
     assert result == 0
     assert out.getvalue() == b"out 1\nout 2\n" + bytes(range(256))
     assert err.getvalue() == b"err\n"
@@ -333,8 +374,7 @@ def test_stdout_and_stderr_are_separate_and_exact() -> None:
 
 @needs_kernel
 def test_large_output_is_complete() -> None:
-    result = uml.run_capture(["sh", "-c", "seq 1 200000"], kernel=uml_support.kernel(),
-                             timeout=300)
+    result = uml.run_capture(["sh", "-c", "seq 1 200000"], kernel=uml_support.kernel(), timeout=300)
     assert result.returncode == 0
     lines = result.stdout.split("\n")
     assert lines[0] == "1" and lines[-2] == "200000" and len(lines) == 200001
@@ -351,8 +391,13 @@ def test_output_streams_while_the_command_runs() -> None:
         def flush(self) -> None:
             pass
 
-    uml.run(["sh", "-c", "echo first; sleep 4; echo second"], kernel=uml_support.kernel(),
-            stdout=Recorder(), stderr=None, timeout=120)
+    uml.run(
+        ["sh", "-c", "echo first; sleep 4; echo second"],
+        kernel=uml_support.kernel(),
+        stdout=Recorder(),
+        stderr=None,
+        timeout=120,
+    )
     ended = time.monotonic()
     text = b"".join(d for _, d in arrivals)
     assert text == b"first\nsecond\n"
@@ -376,8 +421,11 @@ def test_timeout_kills_a_hung_guest() -> None:
 @needs_kernel
 def test_kernel_panic_is_reported() -> None:
     with pytest.raises(uml.KernelRunError, match="sysrq triggered crash"):
-        uml.run_capture(["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"],
-                        kernel=uml_support.kernel(), timeout=120)
+        uml.run_capture(
+            ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"],
+            kernel=uml_support.kernel(),
+            timeout=120,
+        )
 
 
 @needs_kernel
@@ -395,8 +443,9 @@ def test_concurrent_runs() -> None:
     codes: list[int] = []
 
     def one(n: int) -> None:
-        codes.append(uml.run(["sh", "-c", f"exit {n}"], kernel=k, stdout=None, stderr=None,
-                             timeout=120))
+        codes.append(
+            uml.run(["sh", "-c", f"exit {n}"], kernel=k, stdout=None, stderr=None, timeout=120)
+        )
 
     threads = [threading.Thread(target=one, args=(n,)) for n in (4, 5)]
     for t in threads:

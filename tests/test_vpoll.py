@@ -23,8 +23,13 @@ import uring_epoll
 from uring_epoll import vpoll as vp
 from uring_epoll.vpoll import VPoll
 
-IN, PRI, OUT, ERR, HUP = (select.EPOLLIN, select.EPOLLPRI, select.EPOLLOUT, select.EPOLLERR,
-                          select.EPOLLHUP)
+IN, PRI, OUT, ERR, HUP = (
+    select.EPOLLIN,
+    select.EPOLLPRI,
+    select.EPOLLOUT,
+    select.EPOLLERR,
+    select.EPOLLHUP,
+)
 RDHUP = select.EPOLLRDHUP
 ALL_INTEREST = IN | PRI | OUT | ERR | HUP | RDHUP
 REQUIRE_KERNEL = os.environ.get("URING_EPOLL_REQUIRE_KERNEL", "") not in ("", "0")
@@ -40,8 +45,10 @@ def _use(name: str) -> str:
     status = vp.implementation_status()[name]
     if not status.available:
         if REQUIRE_KERNEL and name in KERNEL_IMPLS:
-            pytest.fail(f"URING_EPOLL_REQUIRE_KERNEL=1 but vpoll {name} is unavailable: "
-                        f"{status.reason}", pytrace=False)
+            pytest.fail(
+                f"URING_EPOLL_REQUIRE_KERNEL=1 but vpoll {name} is unavailable: {status.reason}",
+                pytrace=False,
+            )
         pytest.skip(f"vpoll {name} unavailable: {status.reason}")
     return name
 
@@ -96,8 +103,9 @@ def test_auto_picks_the_first_available(monkeypatch: pytest.MonkeyPatch) -> None
     assert vp.resolve_impl(None) == vp.resolve_impl("auto")
 
 
-def test_env_overrides_auto_and_impl_overrides_env(monkeypatch: pytest.MonkeyPatch,
-                                                   impl: str) -> None:
+def test_env_overrides_auto_and_impl_overrides_env(
+    monkeypatch: pytest.MonkeyPatch, impl: str
+) -> None:
     monkeypatch.setenv(vp.VPOLL_ENV, impl)
     with VPoll() as v:
         assert v.impl == impl
@@ -441,14 +449,18 @@ def test_close_while_registered_in_select_epoll(source: VPoll) -> None:
 
 
 @pytest.mark.parametrize("backend", RING_BACKENDS)
-def test_close_while_registered_in_uring_epoll(source: VPoll, backend: str,
-                                               request: pytest.FixtureRequest) -> None:
+def test_close_while_registered_in_uring_epoll(
+    source: VPoll, backend: str, request: pytest.FixtureRequest
+) -> None:
     if backend == "thread":
         # The emulator cannot see a close(): an entry its poller published just before it is
         # still delivered (documented; see test_epoll_api). Whether it had published depends
         # on timing, hence not strict.
-        request.applymarker(pytest.mark.xfail(strict=False, reason="the emulator cannot see "
-                                              "a close(); unregister before closing"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=False, reason="the emulator cannot see a close(); unregister before closing"
+            )
+        )
     with uring_epoll.epoll(backend=backend) as ep:
         ep.register(source, IN)
         source.add(IN)
@@ -533,8 +545,14 @@ def test_closed_object(impl: str) -> None:
     v.close()
     v.close()  # idempotent
     assert v.closed
-    for call in (v.fileno, lambda: v.events, lambda: v.add(IN), lambda: v.delete(IN),
-                 lambda: v.set(IN), lambda: v.ctl(1, IN)):
+    for call in (
+        v.fileno,
+        lambda: v.events,
+        lambda: v.add(IN),
+        lambda: v.delete(IN),
+        lambda: v.set(IN),
+        lambda: v.ctl(1, IN),
+    ):
         with pytest.raises(ValueError, match="closed"):
             call()
     with pytest.raises(ValueError, match="closed"), v:
@@ -557,10 +575,16 @@ def test_constants() -> None:
     assert (vp.VPOLL_CTL_ADDEVENTS, vp.VPOLL_CTL_DELEVENTS, vp.VPOLL_CTL_SETEVENTS) == (1, 2, 3)
     assert vp.EFD_VPOLL == 2
     assert (vp.EFD_VPOLL_ADDEVENTS, vp.EFD_VPOLL_DELEVENTS, vp.EFD_VPOLL_MODEVENTS) == (
-        1 << 32, 2 << 32, 3 << 32)
+        1 << 32,
+        2 << 32,
+        3 << 32,
+    )
     io = ord("^") << 8
-    assert (vp.VPOLL_IO_ADDEVENTS, vp.VPOLL_IO_DELEVENTS, vp.VPOLL_IO_SETEVENTS) == (
-        io | 1, io | 2, io | 3) == (0x5E01, 0x5E02, 0x5E03)
+    assert (
+        (vp.VPOLL_IO_ADDEVENTS, vp.VPOLL_IO_DELEVENTS, vp.VPOLL_IO_SETEVENTS)
+        == (io | 1, io | 2, io | 3)
+        == (0x5E01, 0x5E02, 0x5E03)
+    )
     assert vp.VPOLL_VALID_EVENTS == ((1 << 28) - 1) & ~(0x4000 | 0x8000 | 1 << 27)
 
 

@@ -59,11 +59,15 @@ def kernel() -> uml.KernelBuild:
     return _kernel
 
 
-def run_in_kernel(argv: Sequence[str | os.PathLike[str]], timeout: float = 300.0, *,
-                  cwd: str | os.PathLike[str] | None = None,
-                  env: Mapping[str, str] | None = None,
-                  extra_env: Mapping[str, str] | None = None,
-                  check_kernel: bool = True) -> uml.KernelCompletedProcess:
+def run_in_kernel(
+    argv: Sequence[str | os.PathLike[str]],
+    timeout: float = 300.0,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    check_kernel: bool = True,
+) -> uml.KernelCompletedProcess:
     """Run ``argv`` inside the kernel with stdout/stderr captured (``subprocess.run``-like).
 
     ``cwd`` defaults to the repository root; ``extra_env`` is added to the environment (the
@@ -75,19 +79,26 @@ def run_in_kernel(argv: Sequence[str | os.PathLike[str]], timeout: float = 300.0
     full_env = dict(os.environ if env is None else env)
     full_env.update(extra_env or {})
     try:
-        result = uml.run_capture(argv, timeout=timeout, kernel=k, env=full_env,
-                                 cwd=REPO_ROOT if cwd is None else cwd)
+        result = uml.run_capture(
+            argv, timeout=timeout, kernel=k, env=full_env, cwd=REPO_ROOT if cwd is None else cwd
+        )
     except uml.KernelRunError as exc:  # KernelTimeout included
         pytest.fail(str(exc), pytrace=False)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if check_kernel and result.kernel_problems:
-        pytest.fail(f"the kernel reported a problem while running {list(map(str, argv))}:\n"
-                    f"{result.kernel_problems}", pytrace=False)
+        pytest.fail(
+            f"the kernel reported a problem while running {list(map(str, argv))}:\n"
+            f"{result.kernel_problems}",
+            pytrace=False,
+        )
     return result
 
 
 def uring_epoll_cli(*args: str, timeout: float = 300.0) -> uml.KernelCompletedProcess:
     """``uring-epoll ARGS`` inside the kernel, e.g. ``uring_epoll_cli("info")``."""
-    return run_in_kernel([sys.executable, "-m", "uring_epoll.cli", *args], timeout=timeout,
-                         extra_env={uml.IN_UML_ENV: "1"})
+    return run_in_kernel(
+        [sys.executable, "-m", "uring_epoll.cli", *args],
+        timeout=timeout,
+        extra_env={uml.IN_UML_ENV: "1"},
+    )

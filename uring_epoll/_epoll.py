@@ -324,9 +324,7 @@ class epoll:
         state = "closed" if self._closed else f"fd={self._fileno}"
         return f"<uring_epoll.epoll backend={self.backend} {state}>"
 
-    def register(
-        self, fd: Any, eventmask: int = _DEFAULT_MASK, *, data: int | None = None
-    ) -> None:
+    def register(self, fd: Any, eventmask: int = _DEFAULT_MASK, *, data: int | None = None) -> None:
         """Register *fd* for *eventmask*; *data* (64-bit, default: the fd) goes to poll_into."""
         self._ctl(abi.EPOLL_CTL_ADD, fd, eventmask, data)
 
@@ -476,8 +474,12 @@ class epoll:
         memory = self._backend.memory
         binding = ffi.new(
             "struct ue_binding *",
-            {"consumer": memory[0], "out": ptr, "data_out": ffi.NULL,
-             "max": min(len(buffer), 2**31 - 1)},
+            {
+                "consumer": memory[0],
+                "out": ptr,
+                "data_out": ffi.NULL,
+                "max": min(len(buffer), 2**31 - 1),
+            },
         )
         return (binding, ptr, memory)
 
@@ -570,8 +572,7 @@ class epoll:
         owner = self._fd_of_data.get(data, data if data in self._data_of_fd else None)
         if owner is not None and owner != fd and self._data_of_fd.get(owner) == data:
             if owner in self._backend.live_fds():
-                raise ValueError(
-                    f"data {data} is already used by fd {owner} on this epoll object")
+                raise ValueError(f"data {data} is already used by fd {owner} on this epoll object")
             self._drop_closed(owner)  # its file was closed: the kernel dropped it
         level = not eventmask & abi.EPOLLET
         mask = eventmask | abi.EPOLLET if self._ring else eventmask

@@ -23,16 +23,23 @@ def cmd_info(args: Any) -> int:
         auto = probe.resolve_backend(None)
     except ValueError as exc:
         auto = f"error: {exc}"
-    print(f"backend (auto):  {auto}"
-          + (f"  [{probe.BACKEND_ENV}={os.environ[probe.BACKEND_ENV]}]"
-             if os.environ.get(probe.BACKEND_ENV) else ""))
+    print(
+        f"backend (auto):  {auto}"
+        + (
+            f"  [{probe.BACKEND_ENV}={os.environ[probe.BACKEND_ENV]}]"
+            if os.environ.get(probe.BACKEND_ENV)
+            else ""
+        )
+    )
     for status in statuses.values():
         state = "available" if status.available else f"unavailable: {status.reason}"
         print(f"  {status.name:<7} {state}")
     print("protocols:       5 (default; kernel and thread), 3 (thread only)")
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    print(f"RLIMIT_MEMLOCK:  soft {_limit(soft)}, hard {_limit(hard)} "
-          f"(a ring of 1024 items locks {abi.header_length(1024) + abi.index_length(1024)} bytes)")
+    print(
+        f"RLIMIT_MEMLOCK:  soft {_limit(soft)}, hard {_limit(hard)} "
+        f"(a ring of 1024 items locks {abi.header_length(1024) + abi.index_length(1024)} bytes)"
+    )
     try:
         from . import vpoll
 

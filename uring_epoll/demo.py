@@ -32,10 +32,22 @@ from typing import Any, TextIO
 
 from . import vpoll as vp
 
-INTEREST = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLOUT
-            | select.EPOLLHUP | select.EPOLLPRI)
-STEPS = (select.EPOLLIN, select.EPOLLIN, select.EPOLLIN | select.EPOLLPRI, select.EPOLLPRI,
-         select.EPOLLOUT, select.EPOLLHUP)
+INTEREST = (
+    select.EPOLLIN
+    | select.EPOLLRDHUP
+    | select.EPOLLERR
+    | select.EPOLLOUT
+    | select.EPOLLHUP
+    | select.EPOLLPRI
+)
+STEPS = (
+    select.EPOLLIN,
+    select.EPOLLIN,
+    select.EPOLLIN | select.EPOLLPRI,
+    select.EPOLLPRI,
+    select.EPOLLOUT,
+    select.EPOLLHUP,
+)
 RING_BACKENDS = ("auto", "kernel", "thread", "epoll")
 #: (parent's tick, child's period) in seconds.
 NORMAL_TIMING = (1.0, 2.0)
@@ -67,8 +79,12 @@ def _spawn(source: vp.VPoll, start: float, tick: float, period: float) -> int:
     return pid
 
 
-def run_demo(backend: str | None = None, fast: bool = False, impl: str | None = None,
-             out: TextIO | None = None) -> int:
+def run_demo(
+    backend: str | None = None,
+    fast: bool = False,
+    impl: str | None = None,
+    out: TextIO | None = None,
+) -> int:
     """Run the demonstration; return 0 when the parent saw the hangup, 1 otherwise.
 
     Args:
@@ -106,8 +122,9 @@ def run_demo(backend: str | None = None, fast: bool = False, impl: str | None = 
             _reap(pid)
 
 
-def _parent_loop(ep: Any, source: vp.VPoll, pid: int, start: float, tick: float,
-                 period: float, out: TextIO) -> int:
+def _parent_loop(
+    ep: Any, source: vp.VPoll, pid: int, start: float, tick: float, period: float, out: TextIO
+) -> int:
     deadline = start + (len(STEPS) + 2) * period  # the hangup is due at 6.25 periods
     k = 1
     while True:
@@ -160,14 +177,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``demo`` command to the ``uring-epoll`` argument parser."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "demo", help="the classic vpoll demonstration through a ring",
+        "demo",
+        help="the classic vpoll demonstration through a ring",
         description="A forked child raises IN; IN; IN|PRI; PRI; OUT; HUP on a vpoll fd, one "
         "step every 2 s; the parent waits on it in uring_epoll.epoll with 1 s timeouts and "
-        "prints what it gets (kernel vpoll: 1 1 3 2 4 10; emulation: 1 1 1 4 2011).")
+        "prints what it gets (kernel vpoll: 1 1 3 2 4 10; emulation: 1 1 1 4 2011).",
+    )
     p.add_argument("--fast", action="store_true", help="0.1 s ticks and 0.2 s steps")
-    p.add_argument("--backend", choices=RING_BACKENDS, default="auto",
-                   help="ring backend of uring_epoll.epoll (default: auto)")
-    p.add_argument("--vpoll", choices=("auto", *vp.IMPLEMENTATIONS), default=None,
-                   help=f"vpoll implementation (default: ${vp.VPOLL_ENV}, else auto)")
+    p.add_argument(
+        "--backend",
+        choices=RING_BACKENDS,
+        default="auto",
+        help="ring backend of uring_epoll.epoll (default: auto)",
+    )
+    p.add_argument(
+        "--vpoll",
+        choices=("auto", *vp.IMPLEMENTATIONS),
+        default=None,
+        help=f"vpoll implementation (default: ${vp.VPOLL_ENV}, else auto)",
+    )
     p.set_defaults(func=_cmd_demo)
     return p

@@ -313,8 +313,9 @@ def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) ->
     commands = [install] if _apt_updated else [[apt, "update"], install]
     for cmd in commands:
         print(f"uring-epoll kernel: {' '.join(cmd)}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
         out.write(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
@@ -366,8 +367,14 @@ class _Builder:
             with contextlib.suppress(OSError):
                 os.nice(nice)
 
-        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, preexec_fn=lower_priority)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lower_priority,
+        )
         count = 0
         last: bytes = b""
         lock = threading.Lock()
@@ -392,13 +399,16 @@ class _Builder:
             except subprocess.TimeoutExpired:
                 with lock:
                     n, current = count, last.decode(errors="replace")
-                self.say(f"{label}: {n} steps, {int(time.monotonic() - step_start)}s"
-                         + (f" ({current[:60]})" if current else ""))
+                self.say(
+                    f"{label}: {n} steps, {int(time.monotonic() - step_start)}s"
+                    + (f" ({current[:60]})" if current else "")
+                )
         reader.join()
         self.log.flush()
         if proc.returncode != 0:
             raise KernelBuildError(
-                f"{what or label} failed (exit {proc.returncode}): {shlex.join(cmd)}")
+                f"{what or label} failed (exit {proc.returncode}): {shlex.join(cmd)}"
+            )
         self.say(f"{label}: done ({count} steps, {int(time.monotonic() - step_start)}s)")
 
 
@@ -426,9 +436,12 @@ def _build_into(workdir: Path, tarball: Path, pdir: Path, builder: _Builder) -> 
     tops[0].rename(src)
     unpack.rmdir()
     for entry in read_series(pdir):
-        builder.step(f"patch {entry.path.name}",
-                     ["patch", f"-p{entry.strip}", "--forward", "--batch", "-i", str(entry.path)],
-                     cwd=src, what=f"applying {entry.path.name} (see kernel_patches/series)")
+        builder.step(
+            f"patch {entry.path.name}",
+            ["patch", f"-p{entry.strip}", "--forward", "--batch", "-i", str(entry.path)],
+            cwd=src,
+            what=f"applying {entry.path.name} (see kernel_patches/series)",
+        )
     make = ["make", "ARCH=um"]
     builder.step("defconfig", [*make, "defconfig"], cwd=src)
     tooling = workdir / "tooling.config"
@@ -436,9 +449,11 @@ def _build_into(workdir: Path, tarball: Path, pdir: Path, builder: _Builder) -> 
     fragments = [tooling]
     if (pdir / "um.config").is_file():
         fragments.append(pdir / "um.config")
-    builder.step("merge config",
-                 ["scripts/kconfig/merge_config.sh", "-m", ".config", *map(str, fragments)],
-                 cwd=src)
+    builder.step(
+        "merge config",
+        ["scripts/kconfig/merge_config.sh", "-m", ".config", *map(str, fragments)],
+        cwd=src,
+    )
     builder.step("olddefconfig", [*make, "olddefconfig"], cwd=src)
     _check_config(src / ".config", fragments, builder)
     builder.step("make linux", [*make, f"-j{jobs}", "linux"], cwd=src)
@@ -451,8 +466,13 @@ def _build_into(workdir: Path, tarball: Path, pdir: Path, builder: _Builder) -> 
     shutil.copy2(src / "linux", workdir / "linux")
 
 
-def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
-          tarball: Path | None = None, pdir: Path | None = None) -> KernelBuild:
+def build(
+    *,
+    force: bool = False,
+    progress: IO[str] | None = sys.stderr,
+    tarball: Path | None = None,
+    pdir: Path | None = None,
+) -> KernelBuild:
     """Build the kernel for the current inputs, or return the cached build.
 
     Safe to call from several processes at once: one builds, the others wait on the lock and
@@ -471,8 +491,11 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
             fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if progress is not None:
-                print("uring-epoll kernel: waiting for another build to finish...",
-                      file=progress, flush=True)
+                print(
+                    "uring-epoll kernel: waiting for another build to finish...",
+                    file=progress,
+                    flush=True,
+                )
             fcntl.flock(lockfile, fcntl.LOCK_EX)
         tarball = ensure_source(tarball)
         pdir = patches_dir() if pdir is None else pdir
@@ -493,21 +516,28 @@ def build(*, force: bool = False, progress: IO[str] | None = sys.stderr,
             failed_log = root / f"{key}.failed.log"
             with open(workdir / "build.log", "wb") as log:
                 builder = _Builder(workdir, log, progress)
-                builder.say(f"building {key} from {tarball} with "
-                            f"{len(read_series(snapshot))} patch(es) from {pdir}")
+                builder.say(
+                    f"building {key} from {tarball} with "
+                    f"{len(read_series(snapshot))} patch(es) from {pdir}"
+                )
                 try:
                     _build_into(workdir, tarball, snapshot, builder)
                 except KernelBuildError as exc:
                     log.flush()
                     shutil.copy2(workdir / "build.log", failed_log)
                     tail = _tail(failed_log, 40)
-                    raise KernelBuildError(f"{exc}\nfull log: {failed_log}\n--- last lines "
-                                           f"---\n{tail}") from None
+                    raise KernelBuildError(
+                        f"{exc}\nfull log: {failed_log}\n--- last lines ---\n{tail}"
+                    ) from None
                 builder.say(f"built {key}")
-            info = {"key": key, "tarball": str(tarball),
-                    "tarball_size": tarball.stat().st_size, "patches_dir": str(pdir),
-                    "patches": [e.path.name for e in read_series(snapshot)],
-                    "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            info = {
+                "key": key,
+                "tarball": str(tarball),
+                "tarball_size": tarball.stat().st_size,
+                "patches_dir": str(pdir),
+                "patches": [e.path.name for e in read_series(snapshot)],
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             (workdir / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
             if final.exists():  # only with force=True
                 shutil.rmtree(final)
@@ -555,8 +585,11 @@ def prune(keep: int = 3, current: str | None = None) -> list[Path]:
     if current is None:
         with contextlib.suppress(KernelBuildError):
             current = cache_key()
-    builds = [p for p in root.glob("*") if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name)
-              and (p / "linux").is_file()]
+    builds = [
+        p
+        for p in root.glob("*")
+        if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name) and (p / "linux").is_file()
+    ]
     builds.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     kept = [p for p in builds if p.name == current]
     removed = []
@@ -594,7 +627,7 @@ def _tail(path: Path, lines: int) -> str:
 
 # The guest's PID 1. It runs from the host filesystem (hostfs root) with the host's Python. It
 # must never exit (PID 1 exiting panics the kernel), so every failure path ends in power-off.
-_LAUNCHER = r'''
+_LAUNCHER = r"""
 import ctypes, errno, os, sys, termios, threading
 
 RUNDIR = sys.argv[1]
@@ -735,7 +768,7 @@ except BaseException:
     sys.stderr.flush()
 finally:
     power_off()
-'''
+"""
 
 
 def _uml_tmpdir() -> str:
@@ -795,9 +828,11 @@ def _sink(target: Any) -> Any:
         return lambda data: os.write(target, data)
     buffer = getattr(target, "buffer", None)
     if isinstance(target, io.TextIOBase) and buffer is None:
+
         def write_text(data: bytes) -> None:
             target.write(data.decode(errors="replace"))
             target.flush()
+
         return write_text
     dest = buffer if buffer is not None else target
 
@@ -808,6 +843,7 @@ def _sink(target: Any) -> Any:
                 target.flush()
         dest.write(data)
         dest.flush()
+
     return write_bytes
 
 
@@ -821,6 +857,7 @@ def _pump(fd: int, write: Any) -> threading.Thread:
                 with contextlib.suppress(Exception):
                     write(data)
         os.close(fd)
+
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread
@@ -829,10 +866,18 @@ def _pump(fd: int, write: Any) -> threading.Thread:
 _DEFAULT = object()
 
 
-def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None, timeout: float = 600.0, mem: str = "512M",
-        stdout: Any = _DEFAULT, stderr: Any = _DEFAULT, console: Any = None,
-        kernel: KernelBuild | None = None) -> int:
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600.0,
+    mem: str = "512M",
+    stdout: Any = _DEFAULT,
+    stderr: Any = _DEFAULT,
+    console: Any = None,
+    kernel: KernelBuild | None = None,
+) -> int:
     """Boot the kernel, run ``argv`` inside it, return its exit status.
 
     ``cwd`` and ``env`` default to the caller's (the environment is passed exactly: nothing is
@@ -869,14 +914,20 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
             items.append(os.fsencode(name) + b"=" + os.fsencode(value) + b"\0")
         (rundir / "env").write_bytes(b"".join(items))
         (rundir / "cwd").write_bytes(os.fsencode(os.path.abspath(cwd)))
-        (rundir / "ttys").write_text(" ".join(
-            name for name, target in (("stdout", out_target), ("stderr", err_target))
-            if _isatty(target)))
+        (rundir / "ttys").write_text(
+            " ".join(
+                name
+                for name, target in (("stdout", out_target), ("stderr", err_target))
+                if _isatty(target)
+            )
+        )
         (rundir / "launcher.py").write_text(_LAUNCHER)
         init = rundir / "init"
         # -I: the launcher must not be affected by the caller's PYTHON* variables or site dir.
-        init.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I "
-                        f"{shlex.quote(str(rundir / 'launcher.py'))} {shlex.quote(str(rundir))}\n")
+        init.write_text(
+            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I "
+            f"{shlex.quote(str(rundir / 'launcher.py'))} {shlex.quote(str(rundir))}\n"
+        )
         init.chmod(0o755)
 
         out_r, out_w = os.pipe()
@@ -888,9 +939,17 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
         # Consoles 1 and 2 are the guest's /dev/tty1 and /dev/tty2: the command's stdout and
         # stderr. Input is null everywhere: the guest's stdin is /dev/null.
         cmdline = [
-            str(kernel.linux), f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
-            f"init={init}", "con=null", f"con0=null,fd:{con_w}", f"con1=null,fd:{out_w}",
-            f"con2=null,fd:{err_w}", "ssl=null",
+            str(kernel.linux),
+            f"mem={mem}",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "rw",
+            f"init={init}",
+            "con=null",
+            f"con0=null,fd:{con_w}",
+            f"con1=null,fd:{out_w}",
+            f"con2=null,fd:{err_w}",
+            "ssl=null",
         ]
         console_log = rundir / "console.log"
         log_file = open(console_log, "wb")  # noqa: SIM115 - closed in the finally below
@@ -903,14 +962,23 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
 
         # UML keeps a per-instance directory (pid file, mconsole socket) under $HOME/.uml and
         # panics without $HOME: give it the run directory, which is removed afterwards.
-        uml_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": _uml_tmpdir(),
-                   "HOME": str(rundir)}
+        uml_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TMPDIR": _uml_tmpdir(),
+            "HOME": str(rundir),
+        }
         try:
             proc = subprocess.Popen(
-                cmdline, stdin=subprocess.DEVNULL, stdout=con_w, stderr=con_w,
-                pass_fds=(out_w, err_w, con_w), env=uml_env, cwd=str(rundir),
+                cmdline,
+                stdin=subprocess.DEVNULL,
+                stdout=con_w,
+                stderr=con_w,
+                pass_fds=(out_w, err_w, con_w),
+                env=uml_env,
+                cwd=str(rundir),
                 preexec_fn=_no_core_dumps,
-                start_new_session=True)  # its own process group: UML forks helper processes
+                start_new_session=True,
+            )  # its own process group: UML forks helper processes
         except BaseException:
             for fd in (out_r, out_w, err_r, err_w, con_r, con_w):
                 os.close(fd)
@@ -918,8 +986,11 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
             raise
         for fd in (out_w, err_w, con_w):
             os.close(fd)
-        pumps = [_pump(out_r, _sink(out_target)), _pump(err_r, _sink(err_target)),
-                 _pump(con_r, console_sink)]
+        pumps = [
+            _pump(out_r, _sink(out_target)),
+            _pump(err_r, _sink(err_target)),
+            _pump(con_r, console_sink),
+        ]
         timed_out = False
         try:
             proc.wait(timeout=timeout)
@@ -936,20 +1007,28 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
             log_file.close()
         status_file = rundir / "status"
         if timed_out:
-            error = KernelTimeout(f"the kernel did not finish {shlex.join(map(str, argv))!r} "
-                                  f"within {timeout:g}s and was killed; "
-                                  f"{_console_excerpt(console_log)}")
+            error = KernelTimeout(
+                f"the kernel did not finish {shlex.join(map(str, argv))!r} "
+                f"within {timeout:g}s and was killed; "
+                f"{_console_excerpt(console_log)}"
+            )
             error.pgid = proc.pid
             raise error
         if not status_file.is_file():
-            raise KernelRunError(f"the kernel exited (status {proc.returncode}) without "
-                                 f"reporting the exit status of {shlex.join(map(str, argv))!r};"
-                                 f" {_console_excerpt(console_log)}")
+            raise KernelRunError(
+                f"the kernel exited (status {proc.returncode}) without "
+                f"reporting the exit status of {shlex.join(map(str, argv))!r};"
+                f" {_console_excerpt(console_log)}"
+            )
         problems = kernel_problems(console_log.read_bytes().decode(errors="replace"))
         if problems:
             # An oops or a WARN in the kernel under test is news even when the command passed.
-            _sink(err_target)(("uring-epoll kernel: the kernel reported problems during the "
-                               "run (console excerpt):\n" + problems + "\n").encode())
+            _sink(err_target)(
+                (
+                    "uring-epoll kernel: the kernel reported problems during the "
+                    "run (console excerpt):\n" + problems + "\n"
+                ).encode()
+            )
         return int(status_file.read_text().strip())
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
@@ -959,7 +1038,8 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] |
 _PROBLEM_RE = re.compile(
     r"(BUG:|Oops|WARNING:|Kernel panic|kernel BUG|UBSAN:|KASAN:|general protection|"
     r"INFO: task .* blocked|rcu: INFO|circular locking|Call Trace:|Modules linked in:|"
-    r"Segfault with no mm)")
+    r"Segfault with no mm)"
+)
 
 
 def kernel_problems(console: str, context: int = 40) -> str:
@@ -971,7 +1051,7 @@ def kernel_problems(console: str, context: int = 40) -> str:
     start = next((i for i, line in enumerate(lines) if "as init process" in line), 0)
     for i in range(start, len(lines)):
         if _PROBLEM_RE.search(lines[i]):
-            return "\n".join(lines[max(start, i - 2): i + context])
+            return "\n".join(lines[max(start, i - 2) : i + context])
     return ""
 
 
@@ -986,8 +1066,9 @@ class KernelCompletedProcess(subprocess.CompletedProcess):  # type: ignore[type-
         return kernel_problems(self.console)
 
 
-def run_capture(argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.0,
-                **kwargs: Any) -> KernelCompletedProcess:
+def run_capture(
+    argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.0, **kwargs: Any
+) -> KernelCompletedProcess:
     """:func:`run` with stdout, stderr and the kernel console captured as text.
 
     Returns a ``subprocess.CompletedProcess`` (``args``, ``returncode``, ``stdout``,
@@ -1003,8 +1084,11 @@ def run_capture(argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.
 
     code = run(argv, timeout=timeout, stdout=out, stderr=err, console=console, **kwargs)
     result = KernelCompletedProcess(
-        [os.fspath(a) for a in argv], code, out.getvalue().decode(errors="replace"),
-        err.getvalue().decode(errors="replace"))
+        [os.fspath(a) for a in argv],
+        code,
+        out.getvalue().decode(errors="replace"),
+        err.getvalue().decode(errors="replace"),
+    )
     result.console = con.getvalue().decode(errors="replace")
     return result
 
@@ -1054,15 +1138,18 @@ def selftest_verdict(name: str, result: subprocess.CompletedProcess[str]) -> str
     if result.returncode == 0:
         return None
     failed = set(re.findall(r"^not ok \d+ (\S+)", result.stdout, re.M))
-    timed_out = {t if "." in t else f"global.{t}"
-                 for t in re.findall(r"^# (\S+): Test terminated by timeout",
-                                     result.stdout + result.stderr, re.M)}
+    timed_out = {
+        t if "." in t else f"global.{t}"
+        for t in re.findall(
+            r"^# (\S+): Test terminated by timeout", result.stdout + result.stderr, re.M
+        )
+    }
     tolerated = UML_UNRUNNABLE.get(name, frozenset())
     if failed and failed <= tolerated and failed <= timed_out:
         return None
-    return (f"exit {result.returncode}; failed cases: {', '.join(sorted(failed)) or 'none'}"
-            + (f" (tolerated on UML only by timeout: {', '.join(sorted(tolerated))})"
-               if tolerated else ""))
+    return f"exit {result.returncode}; failed cases: {', '.join(sorted(failed)) or 'none'}" + (
+        f" (tolerated on UML only by timeout: {', '.join(sorted(tolerated))})" if tolerated else ""
+    )
 
 
 def compile_selftest(source: Path, kernel: KernelBuild, outdir: Path) -> Path:
@@ -1072,8 +1159,18 @@ def compile_selftest(source: Path, kernel: KernelBuild, outdir: Path) -> Path:
     """
     outdir.mkdir(parents=True, exist_ok=True)
     binary = outdir / source.stem
-    cmd = ["gcc", "-O2", "-g", "-Wall", "-pthread", f"-I{kernel.include}",
-           f"-I{kernel.src / 'tools/testing/selftests'}", str(source), "-o", str(binary)]
+    cmd = [
+        "gcc",
+        "-O2",
+        "-g",
+        "-Wall",
+        "-pthread",
+        f"-I{kernel.include}",
+        f"-I{kernel.src / 'tools/testing/selftests'}",
+        str(source),
+        "-o",
+        str(binary),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return binary
 
@@ -1104,8 +1201,11 @@ def _cmd_path(args: argparse.Namespace) -> int:
         except KernelBuildError as exc:
             print(f"uring-epoll kernel path: {exc}", file=sys.stderr)
             return 1
-        print(f"uring-epoll kernel path: not built for the current patches (key {key}); "
-              "run `uring-epoll kernel build`", file=sys.stderr)
+        print(
+            f"uring-epoll kernel path: not built for the current patches (key {key}); "
+            "run `uring-epoll kernel build`",
+            file=sys.stderr,
+        )
         return 1
     print(kernel.src if args.src else kernel.linux)
     return 0
@@ -1130,11 +1230,21 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_cli(argv: Sequence[str], args: argparse.Namespace, env: Mapping[str, str] | None = None,
-             cwd: str | None = None) -> int:
+def _run_cli(
+    argv: Sequence[str],
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> int:
     try:
-        return run(argv, timeout=args.timeout, mem=args.mem, env=env, cwd=cwd,
-                   console=sys.stderr if args.console else None)
+        return run(
+            argv,
+            timeout=args.timeout,
+            mem=args.mem,
+            env=env,
+            cwd=cwd,
+            console=sys.stderr if args.console else None,
+        )
     except KernelBuildError as exc:
         print(f"uring-epoll kernel: {exc}", file=sys.stderr)
         return 1
@@ -1151,8 +1261,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("uring-epoll kernel run: no command given (usage: kernel run -- CMD...)",
-              file=sys.stderr)
+        print(
+            "uring-epoll kernel run: no command given (usage: kernel run -- CMD...)",
+            file=sys.stderr,
+        )
         return 2
     return _run_cli(argv, args)
 
@@ -1162,8 +1274,18 @@ def _cmd_test(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     root = _repo_root()
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
-            "-m", "not uml", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests",
+        "-m",
+        "not uml",
+        *extra,
+    ]
     env = dict(os.environ, **{IN_UML_ENV: "1", "URING_EPOLL_REQUIRE_KERNEL": "1"})
     return _run_cli(argv, args, env=env, cwd=str(root))
 
@@ -1186,15 +1308,22 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
             try:
                 binary = compile_selftest(source, kernel, Path(tmp))
             except subprocess.CalledProcessError as exc:
-                print(f"--- {source.name}: does not compile\n{exc.stdout}{exc.stderr}",
-                      file=sys.stderr)
+                print(
+                    f"--- {source.name}: does not compile\n{exc.stdout}{exc.stderr}",
+                    file=sys.stderr,
+                )
                 failed.append(source.name)
                 continue
             print(f"--- {source.name}", flush=True)
             try:
-                result = run_capture([str(binary)], timeout=args.timeout, mem=args.mem,
-                                     cwd=tmp, kernel=kernel,
-                                     console=sys.stderr if args.console else None)
+                result = run_capture(
+                    [str(binary)],
+                    timeout=args.timeout,
+                    mem=args.mem,
+                    cwd=tmp,
+                    kernel=kernel,
+                    console=sys.stderr if args.console else None,
+                )
             except KernelRunError as exc:
                 print(f"--- {source.name}: {exc}", file=sys.stderr)
                 failed.append(source.name)
@@ -1205,25 +1334,37 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
             print(f"--- {source.name}: exit {result.returncode}: {verdict or 'ok'}", flush=True)
             if verdict is not None:
                 failed.append(source.name)
-    print(f"{len(sources) - len(failed)}/{len(sources)} selftests passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(sources) - len(failed)}/{len(sources)} selftests passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``kernel build|path|run|test|selftest`` to the ``uring-epoll`` command."""
     kernel = subparsers.add_parser(
-        "kernel", help="build the patched kernel as User-Mode Linux and run things in it",
+        "kernel",
+        help="build the patched kernel as User-Mode Linux and run things in it",
         description="Build Linux 6.1 with kernel_patches/ as User-Mode Linux (cached by the "
-                    "hash of the patches and config) and run commands inside it.")
+        "hash of the patches and config) and run commands inside it.",
+    )
     sub = kernel.add_subparsers(dest="kernel_command", metavar="SUBCOMMAND")
 
     def boot_options(p: argparse.ArgumentParser, timeout: float) -> None:
-        p.add_argument("--timeout", type=float, default=timeout, metavar="S",
-                       help=f"kill the kernel after S seconds (default {timeout:g})")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=timeout,
+            metavar="S",
+            help=f"kill the kernel after S seconds (default {timeout:g})",
+        )
         p.add_argument("--mem", default="512M", help="guest memory (default 512M)")
-        p.add_argument("--console", action="store_true",
-                       help="show the kernel console (boot messages) on stderr")
+        p.add_argument(
+            "--console",
+            action="store_true",
+            help="show the kernel console (boot messages) on stderr",
+        )
 
     p = sub.add_parser("build", help="build the kernel, or reuse the cached one; print its path")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -1238,8 +1379,11 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="delete every build, current included")
     p.set_defaults(func=_cmd_clean)
 
-    p = sub.add_parser("run", help="run a command inside the kernel; exit with its status",
-                       usage="%(prog)s [--timeout S] [--mem M] [--console] -- CMD...")
+    p = sub.add_parser(
+        "run",
+        help="run a command inside the kernel; exit with its status",
+        usage="%(prog)s [--timeout S] [--mem M] [--console] -- CMD...",
+    )
     boot_options(p, 600.0)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
     p.set_defaults(func=_cmd_run)

@@ -126,12 +126,31 @@ _U64 = struct.Struct("=Q")  # native byte order, as the kernel reads a __u64
 _HUP_REPORT = select.EPOLLIN | select.EPOLLHUP | select.EPOLLRDHUP
 _BIT_NAMES = {
     getattr(select, n): n
-    for n in ("EPOLLIN", "EPOLLPRI", "EPOLLOUT", "EPOLLERR", "EPOLLHUP", "EPOLLRDNORM",
-              "EPOLLRDBAND", "EPOLLWRNORM", "EPOLLWRBAND", "EPOLLMSG", "EPOLLRDHUP",
-              "EPOLLEXCLUSIVE", "EPOLLONESHOT", "EPOLLET")
+    for n in (
+        "EPOLLIN",
+        "EPOLLPRI",
+        "EPOLLOUT",
+        "EPOLLERR",
+        "EPOLLHUP",
+        "EPOLLRDNORM",
+        "EPOLLRDBAND",
+        "EPOLLWRNORM",
+        "EPOLLWRBAND",
+        "EPOLLMSG",
+        "EPOLLRDHUP",
+        "EPOLLEXCLUSIVE",
+        "EPOLLONESHOT",
+        "EPOLLET",
+    )
 }
-_BIT_NAMES.update({0x4000: "POLLFREE", 0x8000: "POLL_BUSY_LOOP", 1 << 27: "EPOLL_URING_WAKE",
-                   1 << 29: "EPOLLWAKEUP"})
+_BIT_NAMES.update(
+    {
+        0x4000: "POLLFREE",
+        0x8000: "POLL_BUSY_LOOP",
+        1 << 27: "EPOLL_URING_WAKE",
+        1 << 29: "EPOLLWAKEUP",
+    }
+)
 
 
 def _names(bits: int) -> str:
@@ -150,7 +169,8 @@ def _check_events(events: Any) -> int:
         raise ValueError(f"events must be a 32-bit unsigned mask, got {value}")
     if value & 0xF0000000:
         raise ValueError(
-            f"events {_names(value & 0xF0000000)}: bits 28..31 are epoll_ctl flags, not events")
+            f"events {_names(value & 0xF0000000)}: bits 28..31 are epoll_ctl flags, not events"
+        )
     bad = value & ~VPOLL_VALID_EVENTS
     if bad:
         raise ValueError(f"events {_names(bad)} are reserved by the kernel's wake-up paths")
@@ -165,7 +185,8 @@ def _check_op(op: Any) -> int:
     if value not in _OPS:
         raise ValueError(
             f"unknown vpoll op {value}: use VPOLL_CTL_ADD (1), VPOLL_CTL_DEL (2) or "
-            "VPOLL_CTL_SET (3)")
+            "VPOLL_CTL_SET (3)"
+        )
     return value
 
 
@@ -190,8 +211,11 @@ def _probe_eventfd() -> ImplStatus:
     try:
         fd = os.eventfd(select.EPOLLOUT, EFD_VPOLL | _EFD_CLOEXEC | _EFD_NONBLOCK)
     except OSError as exc:
-        why = ("the kernel has no EFD_VPOLL (eventfd2 answered EINVAL)"
-               if exc.errno == errno.EINVAL else f"eventfd2(EFD_VPOLL) failed: {exc.strerror}")
+        why = (
+            "the kernel has no EFD_VPOLL (eventfd2 answered EINVAL)"
+            if exc.errno == errno.EINVAL
+            else f"eventfd2(EFD_VPOLL) failed: {exc.strerror}"
+        )
         return ImplStatus("eventfd", False, why, exc.errno or errno.EINVAL)
     try:
         p = select.poll()
@@ -199,15 +223,19 @@ def _probe_eventfd() -> ImplStatus:
         polled = p.poll(0)
         first, second = os.read(fd, 8), os.read(fd, 8)
     except OSError as exc:
-        return ImplStatus("eventfd", False, f"EFD_VPOLL eventfd misbehaves: {exc}",
-                          exc.errno or errno.EIO)
+        return ImplStatus(
+            "eventfd", False, f"EFD_VPOLL eventfd misbehaves: {exc}", exc.errno or errno.EIO
+        )
     finally:
         os.close(fd)
     expected = _U64.pack(select.EPOLLOUT)
     if polled != [(fd, select.POLLOUT)] or first != expected or second != expected:
-        return ImplStatus("eventfd", False,
-                          "eventfd2(EFD_VPOLL) gave an fd that does not behave as a vpoll source",
-                          errno.EINVAL)
+        return ImplStatus(
+            "eventfd",
+            False,
+            "eventfd2(EFD_VPOLL) gave an fd that does not behave as a vpoll source",
+            errno.EINVAL,
+        )
     return ImplStatus("eventfd", True, "")
 
 
@@ -215,21 +243,30 @@ def _probe_device() -> ImplStatus:
     try:
         fd = os.open(VPOLL_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return ImplStatus("device", False, f"cannot open {VPOLL_DEVICE}: {exc.strerror}",
-                          exc.errno or errno.ENODEV)
+        return ImplStatus(
+            "device",
+            False,
+            f"cannot open {VPOLL_DEVICE}: {exc.strerror}",
+            exc.errno or errno.ENODEV,
+        )
     try:
         if not stat.S_ISCHR(os.fstat(fd).st_mode):
-            return ImplStatus("device", False, f"{VPOLL_DEVICE} is not a character device",
-                              errno.ENODEV)
+            return ImplStatus(
+                "device", False, f"{VPOLL_DEVICE} is not a character device", errno.ENODEV
+            )
         try:
             current = fcntl.ioctl(fd, VPOLL_IO_ADDEVENTS, 0)
         except OSError as exc:
-            return ImplStatus("device", False,
-                              f"{VPOLL_DEVICE} does not answer the vpoll ioctls: {exc.strerror}",
-                              exc.errno or errno.ENOTTY)
+            return ImplStatus(
+                "device",
+                False,
+                f"{VPOLL_DEVICE} does not answer the vpoll ioctls: {exc.strerror}",
+                exc.errno or errno.ENOTTY,
+            )
         if current != 0:
-            return ImplStatus("device", False, f"{VPOLL_DEVICE} starts with events {current:#x}",
-                              errno.ENODEV)
+            return ImplStatus(
+                "device", False, f"{VPOLL_DEVICE} starts with events {current:#x}", errno.ENODEV
+            )
         return ImplStatus("device", True, "")
     finally:
         os.close(fd)
@@ -273,11 +310,14 @@ def resolve_impl(impl: str | None = None) -> str:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(
             f"unknown vpoll implementation {impl!r} ({source}); choose auto, "
-            + ", ".join(IMPLEMENTATIONS))
+            + ", ".join(IMPLEMENTATIONS)
+        )
     status = implementation_status()[impl]
     if not status.available:
-        raise OSError(status.errno or errno.ENODEV,
-                      f"vpoll implementation {impl!r} ({source}) is unavailable: {status.reason}")
+        raise OSError(
+            status.errno or errno.ENODEV,
+            f"vpoll implementation {impl!r} ({source}) is unavailable: {status.reason}",
+        )
     return impl
 
 
@@ -389,7 +429,8 @@ class _Emulation:
         if current & select.EPOLLHUP:
             raise BrokenPipeError(
                 errno.EPIPE,
-                f"vpoll fd {self.fileno()} (emulation) has hung up; a hangup cannot be undone")
+                f"vpoll fd {self.fileno()} (emulation) has hung up; a hangup cannot be undone",
+            )
         if op != VPOLL_CTL_DEL and events & ~EMULATED_EVENTS:
             raise _unsupported(events)
         if op == VPOLL_CTL_ADD:
@@ -452,11 +493,15 @@ def _unsupported(events: int) -> ValueError:
     bad = events & ~EMULATED_EVENTS
     return ValueError(
         f"the vpoll emulation cannot produce events {_names(bad)}; it supports EPOLLIN, "
-        "EPOLLOUT and EPOLLHUP (use the eventfd or device implementation for the others)")
+        "EPOLLOUT and EPOLLHUP (use the eventfd or device implementation for the others)"
+    )
 
 
 _IMPL_CLASSES: dict[str, type[_Eventfd] | type[_Device] | type[_Emulation]] = {
-    "eventfd": _Eventfd, "device": _Device, "emulation": _Emulation}
+    "eventfd": _Eventfd,
+    "device": _Device,
+    "emulation": _Emulation,
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,9 +18,7 @@ class EpollBackend(EpfdBackend):
     protocol = None
 
     def __init__(self, *, cloexec: bool = True, epfd: int | None = None) -> None:
-        self.ep: select.epoll | None = (
-            select.epoll() if epfd is None else select.epoll.fromfd(epfd)
-        )
+        self.ep: select.epoll | None = select.epoll() if epfd is None else select.epoll.fromfd(epfd)
         self.epfd = self.ep.fileno()
         # The same consumer struct as the ring backends, in "no ring" mode: poll_into then
         # runs epoll_wait straight into the caller's buffer through the same entry point.

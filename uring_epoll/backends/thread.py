@@ -38,9 +38,7 @@ class ThreadBackend(RingBackend):
         # From here on the C producer holds pointers into the maps: free it before them.
         self.emu: Any = emu
         try:
-            self._attach(
-                header_map, index_map, protocol, lib.UE_WAIT_FUTEX, -1, emu, spin_ns
-            )
+            self._attach(header_map, index_map, protocol, lib.UE_WAIT_FUTEX, -1, emu, spin_ns)
             ret = lib.ue_emu_start(emu)
             if ret < 0:
                 raise os_error(ret, "starting the poller thread")

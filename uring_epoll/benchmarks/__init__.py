@@ -39,8 +39,13 @@ SCENARIOS = ("drain", "sustained", "latency", "scale", "protocol")
 
 
 def run(
-    scenarios: list[str], *, quick: bool = False, backends: list[str] | None = None,
-    progress: Progress | None = None, threads: int = 1, sources: tuple[str, ...] = ("eventfd",),
+    scenarios: list[str],
+    *,
+    quick: bool = False,
+    backends: list[str] | None = None,
+    progress: Progress | None = None,
+    threads: int = 1,
+    sources: tuple[str, ...] = ("eventfd",),
 ) -> dict[str, Any]:
     """Run the scenarios; returns a JSON-ready dict with the environment and comparisons."""
     progress = progress or Progress()
@@ -53,33 +58,48 @@ def run(
     notes: list[str] = []
     if "drain" in scenarios:
         batches = (1, 256) if quick else (1, 16, 256, 1024, 4096)
-        found, more = scenario_drain(batches, 40 if quick else 400, repeats, progress,
-                                     main_backend)
+        found, more = scenario_drain(batches, 40 if quick else 400, repeats, progress, main_backend)
         results += found
         notes += more
     if "sustained" in scenarios:
         for source in sources:
             results += scenario_sustained(
-                ring_backends, nfds=64, threads=threads, seconds=0.3 if quick else 2.0,
-                repeats=1 if quick else 3, progress=progress, source=source,
+                ring_backends,
+                nfds=64,
+                threads=threads,
+                seconds=0.3 if quick else 2.0,
+                repeats=1 if quick else 3,
+                progress=progress,
+                source=source,
             )
     if "latency" in scenarios:
         # Inside User-Mode Linux a ping costs ~30x more; p99.9 of 2000 still leaves 2 beyond.
         samples = 300 if quick else 2000 if is_uml() else DEFAULT_SAMPLES
-        results += scenario_latency(ring_backends, samples=samples, repeats=1 if quick else 3,
-                                    progress=progress)
+        results += scenario_latency(
+            ring_backends, samples=samples, repeats=1 if quick else 3, progress=progress
+        )
     if "scale" in scenarios:
         sizes = (1, 1024) if quick else (1, 64, 1024, 16384, 65536)
-        found, rows, more = scenario_scale(main_backend, sizes, ready=16,
-                                           calls=40 if quick else 400, repeats=repeats,
-                                           progress=progress)
+        found, rows, more = scenario_scale(
+            main_backend,
+            sizes,
+            ready=16,
+            calls=40 if quick else 400,
+            repeats=repeats,
+            progress=progress,
+        )
         results += found
         memory += rows
         notes += more
     if "protocol" in scenarios:
         # The emulator only: protocol 3 never existed in the kernel port.
-        results += scenario_protocol(nfds=64, threads=threads, seconds=0.3 if quick else 2.0,
-                                     repeats=1 if quick else 3, progress=progress)
+        results += scenario_protocol(
+            nfds=64,
+            threads=threads,
+            seconds=0.3 if quick else 2.0,
+            repeats=1 if quick else 3,
+            progress=progress,
+        )
     progress.done()
     return {
         "environment": environment(),
@@ -140,9 +160,14 @@ def main(args: Any) -> int:
         elif args.kernel:
             report = _run_in_kernel(args)
         else:
-            report = run(scenarios, quick=args.quick, backends=args.backend or None,
-                         progress=Progress(not args.json), threads=args.producers,
-                         sources=tuple(args.source or ["eventfd"]))
+            report = run(
+                scenarios,
+                quick=args.quick,
+                backends=args.backend or None,
+                progress=Progress(not args.json),
+                threads=args.producers,
+                sources=tuple(args.source or ["eventfd"]),
+            )
     except RuntimeError as exc:
         print(f"uring-epoll bench: {exc}", file=sys.stderr)
         return 2
@@ -166,24 +191,42 @@ def main(args: Any) -> int:
 def add_cli(subparsers: Any) -> None:
     """Add the ``bench`` subcommand."""
     p = subparsers.add_parser("bench", help="benchmark the ring against select.epoll")
-    p.add_argument("--scenario", action="append", choices=SCENARIOS,
-                   help="run only this scenario (repeatable; default: all)")
-    p.add_argument("--backend", action="append", choices=["kernel", "thread"],
-                   help="ring backend(s) for sustained and latency (default: all available); drain "
-                   "and scale use kernel when listed, else thread")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=["kernel", "thread"],
+        help="ring backend(s) for sustained and latency (default: all available); drain "
+        "and scale use kernel when listed, else thread",
+    )
     p.add_argument("--producers", type=int, default=1, help="C producer threads (default 1)")
-    p.add_argument("--source", action="append", choices=["eventfd", "vpoll"],
-                   help="what the C producers write in the sustained scenario (repeatable; "
-                   "vpoll needs a kernel vpoll: EFD_VPOLL or /dev/vpoll)")
+    p.add_argument(
+        "--source",
+        action="append",
+        choices=["eventfd", "vpoll"],
+        help="what the C producers write in the sustained scenario (repeatable; "
+        "vpoll needs a kernel vpoll: EFD_VPOLL or /dev/vpoll)",
+    )
     p.add_argument("--quick", action="store_true", help="short run (smoke test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--json-file", metavar="FILE", help="also write the JSON report to FILE")
-    p.add_argument("--markdown", action="store_true",
-                   help="print Markdown tables (with spreads) instead of the terminal table")
-    p.add_argument("--load", metavar="FILE",
-                   help="render a report saved with --json-file instead of running")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print Markdown tables (with spreads) instead of the terminal table",
+    )
+    p.add_argument(
+        "--load", metavar="FILE", help="render a report saved with --json-file instead of running"
+    )
     p.add_argument("--plot", metavar="FILE.png", help="draw one panel per scenario (matplotlib)")
-    p.add_argument("--kernel", action="store_true",
-                   help="run inside the patched User-Mode Linux (kernel backend included)")
+    p.add_argument(
+        "--kernel",
+        action="store_true",
+        help="run inside the patched User-Mode Linux (kernel backend included)",
+    )
     p.set_defaults(func=main)
-

@@ -66,10 +66,8 @@ class Progress:
             sys.stderr.flush()
 
 
-
 def summary(name: str, unit: str, samples: list[float]) -> Measurement:
     return Measurement(name, unit, statistics.median(samples), min(samples), max(samples), samples)
-
 
 
 @contextmanager
@@ -135,12 +133,10 @@ def clock_overhead_ns() -> float:
     return float(statistics.median(samples))
 
 
-
 def c_floor(value: float, what: str) -> float:
     if value < 0:
         raise os_error(int(value), what)
     return value
-
 
 
 def ratio(cost_baseline: float, cost_ring: float) -> float:
@@ -185,8 +181,7 @@ def consume_for(
     switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - switches0
     if not events:
         raise RuntimeError(f"no events consumed on {label}")
-    return Throughput(events / wall, cpu * 1e9 / events, events / calls,
-                      switches * 1000 / events)
+    return Throughput(events / wall, cpu * 1e9 / events, events / calls, switches * 1000 / events)
 
 
 @contextmanager
@@ -209,22 +204,32 @@ def _thread_group(fds: list[int], what: str, start: Callable[[Any, Any], Any]) -
             raise os_error(ret, f"{what} thread")
 
 
-def c_producers(fds: list[int], threads: int, value: int = 1,
-                mode: int = 0) -> AbstractContextManager[Any]:
+def c_producers(
+    fds: list[int], threads: int, value: int = 1, mode: int = 0
+) -> AbstractContextManager[Any]:
     """C threads driving the fds round-robin until the block ends: mode 0 writes *value* as a
     u64 (eventfd, EFD_VPOLL command), mode 1 is ioctl(fd, value >> 32, value & 0xffffffff).
     ``total[0]`` is the number of writes once the block is left."""
-    return _thread_group(fds, "producer", lambda array, err: lib.ue_producers_start(
-        array, len(fds), threads, 0, value, mode, err))
+    return _thread_group(
+        fds,
+        "producer",
+        lambda array, err: lib.ue_producers_start(array, len(fds), threads, 0, value, mode, err),
+    )
 
 
-def c_injectors(emu: Any, fds: list[int], threads: int,
-                events: int = select.EPOLLIN) -> AbstractContextManager[Any]:
+def c_injectors(
+    emu: Any, fds: list[int], threads: int, events: int = select.EPOLLIN
+) -> AbstractContextManager[Any]:
     """C threads publishing *events* for the registered *fds* straight into a thread
     backend's ring (``emu`` is its producer) until the block ends: the ring protocol with no
     file and no poller thread in the way."""
-    return _thread_group(fds, "injector", lambda array, err: lib.ue_producers_start_inject(
-        RUNTIME, emu, array, len(fds), threads, events, err))
+    return _thread_group(
+        fds,
+        "injector",
+        lambda array, err: lib.ue_producers_start_inject(
+            RUNTIME, emu, array, len(fds), threads, events, err
+        ),
+    )
 
 
 @contextmanager
@@ -249,14 +254,16 @@ def event_sources(kind: str, count: int) -> Iterator[tuple[list[int], int, int]]
         if impl == "eventfd":
             yield [s.fileno() for s in sources], vpoll.EFD_VPOLL_ADDEVENTS | select.EPOLLIN, 0
         elif impl == "device":
-            yield ([s.fileno() for s in sources],
-                   (vpoll.VPOLL_IO_ADDEVENTS << 32) | select.EPOLLIN, 1)
+            yield (
+                [s.fileno() for s in sources],
+                (vpoll.VPOLL_IO_ADDEVENTS << 32) | select.EPOLLIN,
+                1,
+            )
         else:
             raise RuntimeError(
                 "vpoll sources from C threads need a kernel vpoll (EFD_VPOLL or /dev/vpoll); "
-                "here only the emulation exists: use --source eventfd, or --kernel")
+                "here only the emulation exists: use --source eventfd, or --kernel"
+            )
     finally:
         for source in sources:
             source.close()
-
-

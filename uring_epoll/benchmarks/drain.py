@@ -95,7 +95,6 @@ def _stdlib_poll_ns(fds: list[int], batch: int, calls: int, overhead: float) -> 
         return samples
 
 
-
 def _c_epoll_wait_ns(fds: list[int], batch: int, calls: int) -> float:
     with _level_ready(fds[:batch]) as ep:
         return c_floor(lib.ue_bench_epoll_wait(ep.fileno(), batch, calls), "epoll_wait floor")
@@ -113,9 +112,11 @@ def _iouring_ns(fds: list[int], batch: int, calls: int) -> float | str:
     return float(value)
 
 
-
 def scenario_drain(
-    batches: tuple[int, ...], calls: int, repeats: int, progress: Progress,
+    batches: tuple[int, ...],
+    calls: int,
+    repeats: int,
+    progress: Progress,
     backend: str = "thread",
 ) -> tuple[list[Comparison], list[str]]:
     """Drain cost per event at each batch size: the ring (poll_into, poll) against
@@ -128,7 +129,8 @@ def scenario_drain(
             f"drain: one clock read costs {overhead:.0f} ns here (a system call, not the vDSO: "
             "User-Mode Linux), so figures for one call are mostly clock, netted out by its "
             "median; read the batches of 256 and more, and the C floors (timed per round) "
-            "only there")
+            "only there"
+        )
     with eventfds(max(batches)) as fds:
         ep = epoll(backend=backend, max_items=max(max(batches), 1))
         try:
@@ -142,10 +144,12 @@ def scenario_drain(
                 for rep in range(repeats):
                     progress(f"drain: batch {batch}, repeat {rep + 1}/{repeats}")
                     med = statistics.median
-                    rows["into"].append(med(_ring_drain_ns(ep, fds, batch, n_calls, False,
-                                                           overhead)))
-                    rows["tuples"].append(med(_ring_drain_ns(ep, fds, batch, n_calls, True,
-                                                             overhead)))
+                    rows["into"].append(
+                        med(_ring_drain_ns(ep, fds, batch, n_calls, False, overhead))
+                    )
+                    rows["tuples"].append(
+                        med(_ring_drain_ns(ep, fds, batch, n_calls, True, overhead))
+                    )
                     rows["stdlib"].append(med(_stdlib_poll_ns(fds, batch, n_calls, overhead)))
                     rows["c_epoll"].append(_c_epoll_wait_ns(fds, batch, n_calls))
                     floor_ns = lib.ue_bench_drain_floor(RUNTIME, batch, n_calls, 1)
@@ -172,10 +176,15 @@ def scenario_drain(
                     uring_m = summary("io_uring multishot CQ drain (C)", unit, rows["uring"])
                     pairs.append(("C drain floor vs io_uring CQ", floor, uring_m))
                 for label, ring, base in pairs:
-                    results.append(Comparison("drain", f"{label}, batch {batch}", ring, base,
-                                              ratio(base.median, ring.median)))
+                    results.append(
+                        Comparison(
+                            "drain",
+                            f"{label}, batch {batch}",
+                            ring,
+                            base,
+                            ratio(base.median, ring.median),
+                        )
+                    )
         finally:
             ep.close()
     return results, notes
-
-

@@ -80,8 +80,7 @@ def pinger(fd: int, count: int, gap_ns: int) -> Iterator[tuple[Callable[[], None
 
 def _lost(side: str, fd: int, got: Any) -> RuntimeError:
     return RuntimeError(
-        f"latency {side}: expected one event for eventfd {fd} within {POLL_TIMEOUT} s, "
-        f"got {got!r}"
+        f"latency {side}: expected one event for eventfd {fd} within {POLL_TIMEOUT} s, got {got!r}"
     )
 
 
@@ -125,7 +124,12 @@ def stdlib_waiter(ep: Any, spin_ns: int) -> Callable[[], list[tuple[int, int]]]:
 
 
 def _consume_stdlib(
-    ep: Any, fd: int, ack: Callable[[], None], total: int, spin_ns: int, progress: Progress,
+    ep: Any,
+    fd: int,
+    ack: Callable[[], None],
+    total: int,
+    spin_ns: int,
+    progress: Progress,
     label: str,
 ) -> list[int]:
     wait = stdlib_waiter(ep, spin_ns)
@@ -191,8 +195,13 @@ def _check_backends(backends: list[str]) -> None:
 
 
 def scenario_latency(
-    backends: list[str], samples: int, repeats: int, progress: Progress, *,
-    spin_us: float = 100.0, gap_us: float = 20.0,
+    backends: list[str],
+    samples: int,
+    repeats: int,
+    progress: Progress,
+    *,
+    spin_us: float = 100.0,
+    gap_us: float = 20.0,
 ) -> list[Comparison]:
     """Wake-up latency percentiles, ring backends against select.epoll, sleeping and
     spinning: one Comparison per backend, mode and percentile (label "thread sleep p99.9")."""
@@ -204,7 +213,8 @@ def scenario_latency(
     # figures[(side, mode)][pct] = that percentile of each repeat
     figures: dict[tuple[str, str], dict[float, list[float]]] = {
         (side, mode): {p: [] for p in PERCENTILES}
-        for side in ("stdlib", *backends) for mode in MODES
+        for side in ("stdlib", *backends)
+        for mode in MODES
     }
     for rep in range(repeats):
         # Interleave the sides (and modes) so drift on a noisy machine hits all alike.
@@ -224,6 +234,13 @@ def scenario_latency(
                 base_m = summary(
                     f"select.epoll.poll {mode} p{p:g}", "ns", figures["stdlib", mode][p]
                 )
-                results.append(Comparison("latency", f"{b} {mode} p{p:g}", ring_m, base_m,
-                                          ratio(base_m.median, ring_m.median)))
+                results.append(
+                    Comparison(
+                        "latency",
+                        f"{b} {mode} p{p:g}",
+                        ring_m,
+                        base_m,
+                        ratio(base_m.median, ring_m.median),
+                    )
+                )
     return results

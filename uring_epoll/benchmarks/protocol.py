@@ -28,17 +28,24 @@ from .common import Comparison, Progress, Throughput, c_injectors, consume_for, 
 from .sustained import compare_runs, consumer, sustained_one
 
 
-def ring_only_one(protocol: int, nfds: int, threads: int, seconds: float, progress: Progress,
-                  spin_us: float) -> Throughput:
+def ring_only_one(
+    protocol: int, nfds: int, threads: int, seconds: float, progress: Progress, spin_us: float
+) -> Throughput:
     """A spinning consumer fed by C threads publishing straight into the emulator's ring."""
-    with eventfds(nfds) as fds, \
-            consumer("thread", fds, spin_us, protocol) as (poll_batch, ep), \
-            c_injectors(testing.emulator(ep), fds, threads):
+    with (
+        eventfds(nfds) as fds,
+        consumer("thread", fds, spin_us, protocol) as (poll_batch, ep),
+        c_injectors(testing.emulator(ep), fds, threads),
+    ):
         return consume_for(poll_batch, seconds, progress, f"ring only, protocol {protocol}")
 
 
 def scenario_protocol(
-    nfds: int, threads: int, seconds: float, repeats: int, progress: Progress,
+    nfds: int,
+    threads: int,
+    seconds: float,
+    repeats: int,
+    progress: Progress,
     spin_us: float = 50.0,
 ) -> list[Comparison]:
     """Protocol 5 against 3 on the thread backend with a spinning consumer: the ring alone,
@@ -49,24 +56,49 @@ def scenario_protocol(
     for rep in range(repeats):
         for name, number in protocols.items():
             progress(f"protocol {number}, ring only: repeat {rep + 1}/{repeats}", force=True)
-            ring_only[name].append(ring_only_one(number, nfds, threads, seconds, progress,
-                                                 spin_us))
+            ring_only[name].append(ring_only_one(number, nfds, threads, seconds, progress, spin_us))
         for name, found in end_to_end.items():
             progress(f"protocol: {name} end to end, repeat {rep + 1}/{repeats}", force=True)
             if name == "stdlib":
                 found.append(sustained_one("stdlib", nfds, threads, seconds, progress, 0.0))
             else:
-                found.append(sustained_one("thread", nfds, threads, seconds, progress, spin_us,
-                                           protocol=protocols[name]))
+                found.append(
+                    sustained_one(
+                        "thread",
+                        nfds,
+                        threads,
+                        seconds,
+                        progress,
+                        spin_us,
+                        protocol=protocols[name],
+                    )
+                )
     spin = f"spin {spin_us:g} us"
-    results = compare_runs("protocol", f"ring only, 5 vs 3 ({spin})", "protocol 5",
-                           ring_only["v5"], "protocol 3", ring_only["v3"],
-                           metrics=("events_per_s", "cpu_ns_per_event", "events_per_call"))
-    results += compare_runs("protocol", f"end to end, 5 vs 3 ({spin})", "thread protocol 5",
-                            end_to_end["v5"], "thread protocol 3", end_to_end["v3"])
+    results = compare_runs(
+        "protocol",
+        f"ring only, 5 vs 3 ({spin})",
+        "protocol 5",
+        ring_only["v5"],
+        "protocol 3",
+        ring_only["v3"],
+        metrics=("events_per_s", "cpu_ns_per_event", "events_per_call"),
+    )
+    results += compare_runs(
+        "protocol",
+        f"end to end, 5 vs 3 ({spin})",
+        "thread protocol 5",
+        end_to_end["v5"],
+        "thread protocol 3",
+        end_to_end["v3"],
+    )
     for name, number in protocols.items():
         results += compare_runs(
-            "protocol", f"end to end, {number} ({spin}) vs select.epoll",
-            f"thread protocol {number}", end_to_end[name], "select.epoll.poll",
-            end_to_end["stdlib"], metrics=("events_per_s", "cpu_ns_per_event"))
+            "protocol",
+            f"end to end, {number} ({spin}) vs select.epoll",
+            f"thread protocol {number}",
+            end_to_end[name],
+            "select.epoll.poll",
+            end_to_end["stdlib"],
+            metrics=("events_per_s", "cpu_ns_per_event"),
+        )
     return results

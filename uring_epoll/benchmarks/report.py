@@ -50,8 +50,7 @@ def format_table(report: dict[str, Any]) -> str:
             "this run mean anything."
         )
     what = max([44] + [len(r["label"]) for r in report["results"]])
-    header = (f"{'scenario':<10} {'what':<{what}} {'ring':>10} {'baseline':>10} {'unit':<13} "
-              "ratio")
+    header = f"{'scenario':<10} {'what':<{what}} {'ring':>10} {'baseline':>10} {'unit':<13} ratio"
     lines += [header, "-" * len(header)]
     for r in report["results"]:
         ring, base = r["ring"], r["baseline"]
@@ -72,8 +71,10 @@ def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
     """The "memory per epfd" section of the scale scenario; nothing without rows."""
     if not rows:
         return []
-    header = (f"{'backend':<8} {'registered':>10} {'ring bytes':>12} {'bytes/fd':>10} "
-              f"{'epitem bytes':>13}")
+    header = (
+        f"{'backend':<8} {'registered':>10} {'ring bytes':>12} {'bytes/fd':>10} "
+        f"{'epitem bytes':>13}"
+    )
     lines = [
         "",
         "memory per epfd",
@@ -89,8 +90,7 @@ def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
         )
     lines += [
         "Ring bytes: header_length + index_length, charged to RLIMIT_MEMLOCK per epfd by the",
-        "patched kernel unless CAP_IPC_LOCK (the thread backend maps the same layout, not "
-        "locked).",
+        "patched kernel unless CAP_IPC_LOCK (the thread backend maps the same layout, not locked).",
         "The ring comes on top of the kernel's epitems (a struct epitem and an eppoll_entry per",
         "registration, in every epoll), not instead of them. Epitem bytes: their slab growth;",
         "n/a where /proc/slabinfo cannot show it (see the notes).",
@@ -109,8 +109,13 @@ def format_markdown(report: dict[str, Any]) -> str:
     if env.get("user_mode_linux"):
         lines.append("User-Mode Linux: system calls cost ~60x more here; compare ratios only.")
     for scenario in dict.fromkeys(r["scenario"] for r in report["results"]):
-        lines += ["", f"**{scenario}**", "",
-                  "| what | first | second | unit | ratio |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{scenario}**",
+            "",
+            "| what | first | second | unit | ratio |",
+            "|---|---|---|---|---|",
+        ]
         for r in report["results"]:
             if r["scenario"] != scenario:
                 continue
@@ -120,9 +125,13 @@ def format_markdown(report: dict[str, Any]) -> str:
             )
     memory = report.get("memory") or []
     if memory:
-        lines += ["", "**memory per epfd**", "",
-                  "| backend | registered | ring bytes (locked) | bytes/fd | epitem bytes |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "**memory per epfd**",
+            "",
+            "| backend | registered | ring bytes (locked) | bytes/fd | epitem bytes |",
+            "|---|---|---|---|---|",
+        ]
         for row in memory:
             epitem = row.get("epitem_bytes")
             lines.append(
@@ -195,8 +204,10 @@ def _plot_drain(ax: Any, rows: list[dict[str, Any]]) -> None:
     for name, points in lines.items():
         batches = sorted(points)
         medians = np.array([points[b]["median"] for b in batches])
-        errors = [medians - [points[b]["low"] for b in batches],
-                  np.array([points[b]["high"] for b in batches]) - medians]
+        errors = [
+            medians - [points[b]["low"] for b in batches],
+            np.array([points[b]["high"] for b in batches]) - medians,
+        ]
         ax.errorbar(batches, medians, yerr=errors, marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -209,14 +220,17 @@ def _plot_drain(ax: Any, rows: list[dict[str, Any]]) -> None:
 def _plot_sides(ax: Any, rows: list[dict[str, Any]]) -> None:
     """Both sides of every comparison as bars with their spread, log scale."""
     ys = np.arange(len(rows))
-    for offset, side, label in ((-0.2, "ring", "first (ring)"),
-                                (0.2, "baseline", "second (baseline)")):
+    for offset, side, label in (
+        (-0.2, "ring", "first (ring)"),
+        (0.2, "baseline", "second (baseline)"),
+    ):
         medians = [r[side]["median"] for r in rows]
-        spread = [[r[side]["median"] - r[side]["low"] for r in rows],
-                  [r[side]["high"] - r[side]["median"] for r in rows]]
+        spread = [
+            [r[side]["median"] - r[side]["low"] for r in rows],
+            [r[side]["high"] - r[side]["median"] for r in rows],
+        ]
         ax.barh(ys + offset, medians, 0.4, xerr=spread, label=label)
-    ax.set_yticks(ys, [f"{r['label']}  ({_ratio_text(r['ratio'])})" for r in rows],
-                  fontsize=7)
+    ax.set_yticks(ys, [f"{r['label']}  ({_ratio_text(r['ratio'])})" for r in rows], fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(rows[0]["ring"]["unit"])
     ax.invert_yaxis()
@@ -232,11 +246,14 @@ def _plot_ratios(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(ys, [r["label"] for r in rows], fontsize=7)
     for y, r in zip(ys, rows, strict=True):
-        ax.annotate(f" {_ratio_text(r['ratio'])}", (max(r["ratio"], 1e-3), y), va="center",
-                    fontsize=7)
+        ax.annotate(
+            f" {_ratio_text(r['ratio'])}", (max(r["ratio"], 1e-3), y), va="center", fontsize=7
+        )
     ax.set_xscale("log")
-    ax.set_xlabel("ratio, first / second for rates and counts per call, second / first for "
-                  "costs (> 1: the first is better)")
+    ax.set_xlabel(
+        "ratio, first / second for rates and counts per call, second / first for "
+        "costs (> 1: the first is better)"
+    )
     ax.invert_yaxis()
 
 
@@ -249,14 +266,21 @@ def _ratio_text(value: float) -> str:
 def _plot_memory(ax: Any, rows: list[dict[str, Any]]) -> None:
     """Ring bytes (and epitem slab bytes where known) against registered fds, log-log."""
     for backend in dict.fromkeys(row["backend"] for row in rows):
-        mine = sorted((r for r in rows if r["backend"] == backend),
-                      key=lambda r: r["registered"])
-        ax.plot([r["registered"] for r in mine], [r["ring_bytes"] for r in mine], "o-",
-                label=f"ring, header + index ({backend})")
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["registered"])
+        ax.plot(
+            [r["registered"] for r in mine],
+            [r["ring_bytes"] for r in mine],
+            "o-",
+            label=f"ring, header + index ({backend})",
+        )
         known = [r for r in mine if r.get("epitem_bytes")]
         if known:
-            ax.plot([r["registered"] for r in known], [r["epitem_bytes"] for r in known],
-                    "s--", label=f"epitems, kernel slab ({backend})")
+            ax.plot(
+                [r["registered"] for r in known],
+                [r["epitem_bytes"] for r in known],
+                "s--",
+                label=f"epitems, kernel slab ({backend})",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("registered fds")

@@ -209,8 +209,7 @@ def _stdlib_poll_ns(
                 total += len(poll(0, k))
             t1 = clock()
             if total != _BLOCK * k:
-                raise RuntimeError(f"select.epoll returned {total} events, "
-                                   f"expected {_BLOCK * k}")
+                raise RuntimeError(f"select.epoll returned {total} events, expected {_BLOCK * k}")
             samples.append(max(t1 - t0 - overhead, 0.0) / _BLOCK)
         return samples
     finally:
@@ -240,8 +239,10 @@ def _slab_problem() -> str | None:
         return f"/proc/slabinfo unreadable ({exc.strerror}; it needs root)"
     missing = [name for name in SLAB_CACHES if name not in caches]
     if missing:
-        return (f"{' and '.join(missing)} absent from /proc/slabinfo (merged into another "
-                "cache; boot with slab_nomerge to see them)")
+        return (
+            f"{' and '.join(missing)} absent from /proc/slabinfo (merged into another "
+            "cache; boot with slab_nomerge to see them)"
+        )
     for name in SLAB_CACHES:
         # SLUB: a mergeable cache is a symlink to its real cache; "aliases" counts the others.
         link = f"/sys/kernel/slab/{name}"
@@ -255,13 +256,17 @@ def _slab_problem() -> str | None:
             continue
         if aliases > 0:
             others = sorted(
-                entry for entry in os.listdir("/sys/kernel/slab")
-                if entry != name and not entry.startswith(":")
+                entry
+                for entry in os.listdir("/sys/kernel/slab")
+                if entry != name
+                and not entry.startswith(":")
                 and os.path.realpath(f"/sys/kernel/slab/{entry}") == target
             )
             shared = ", ".join(others) if others else f"{aliases} other caches"
-            return (f"{name} is merged with {shared} (SLUB cache merging; boot with "
-                    "slab_nomerge to measure it)")
+            return (
+                f"{name} is merged with {shared} (SLUB cache merging; boot with "
+                "slab_nomerge to measure it)"
+            )
     return None
 
 
@@ -282,6 +287,7 @@ def _object_sizes() -> str:
 def _slab_bytes(fds: list[int]) -> int:
     """Growth of the epitem and eppoll_entry slabs while *fds* are registered in a plain
     select.epoll (active objects times object size)."""
+
     def total() -> int:
         caches = _read_slabinfo()
         return sum(caches[name][0] * caches[name][1] for name in SLAB_CACHES)
@@ -301,7 +307,11 @@ def _slab_bytes(fds: list[int]) -> int:
 
 
 def scenario_scale(
-    backend: str, sizes: tuple[int, ...], ready: int, calls: int, repeats: int,
+    backend: str,
+    sizes: tuple[int, ...],
+    ready: int,
+    calls: int,
+    repeats: int,
     progress: Progress,
 ) -> tuple[list[Comparison], list[dict], list[str]]:
     """Taking *ready* events among *n* registered fds for each n in *sizes*, ring against
@@ -331,7 +341,8 @@ def scenario_scale(
         if n not in fits:
             notes.append(
                 f"{n} registered: skipped, RLIMIT_NOFILE hard limit {_limit_text(hard)} "
-                f"(soft {_limit_text(soft)}; raising it needs CAP_SYS_RESOURCE)")
+                f"(soft {_limit_text(soft)}; raising it needs CAP_SYS_RESOURCE)"
+            )
     if not fits:
         return [], [], notes
 
@@ -347,14 +358,15 @@ def scenario_scale(
         if error is not None:
             for n in fits:
                 if n > len(all_fds):
-                    notes.append(f"{n} registered: skipped, only {len(all_fds)} eventfds could "
-                                 f"be opened ({error.strerror})")
+                    notes.append(
+                        f"{n} registered: skipped, only {len(all_fds)} eventfds could "
+                        f"be opened ({error.strerror})"
+                    )
             fits = [n for n in fits if n <= len(all_fds)]
         for n in fits:
             k = min(ready, n)
             try:
-                row, found = _one_size(backend, all_fds[:n], k, calls, repeats, overhead,
-                                       progress)
+                row, found = _one_size(backend, all_fds[:n], k, calls, repeats, overhead, progress)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
                     raise
@@ -362,8 +374,9 @@ def scenario_scale(
                 continue
             comparisons += found
             poll_cmp = found[0]
-            per_event.append(f"{n}: {poll_cmp.ring.median / k:.0f} vs "
-                             f"{poll_cmp.baseline.median / k:.0f}")
+            per_event.append(
+                f"{n}: {poll_cmp.ring.median / k:.0f} vs {poll_cmp.baseline.median / k:.0f}"
+            )
             if slab_problem is None:
                 # Measured over at least _SLAB_MIN registrations (as many as are open) and
                 # scaled to n: the counts move a whole slab at a time.
@@ -384,14 +397,18 @@ def scenario_scale(
     if slab_problem is not None:
         notes.append(f"epitem bytes not measured: {slab_problem}{_object_sizes()}")
     if per_event:
-        notes.append(f"scale, ns per event ({backend} poll_into vs select.epoll.poll) by "
-                     f"registered: {', '.join(per_event)}")
+        notes.append(
+            f"scale, ns per event ({backend} poll_into vs select.epoll.poll) by "
+            f"registered: {', '.join(per_event)}"
+        )
     if memory:
         notes.append(_memlock_note(backend, memory[-1]))
     if backend == "kernel":
-        notes.append("kernel backend: besides the ring, each registration on a userpoll epfd "
-                     "takes a 16-byte eventpoll_uentry and the epfd a bitmap of max_items bits; "
-                     "neither is charged to RLIMIT_MEMLOCK")
+        notes.append(
+            "kernel backend: besides the ring, each registration on a userpoll epfd "
+            "takes a 16-byte eventpoll_uentry and the epfd a bitmap of max_items bits; "
+            "neither is charged to RLIMIT_MEMLOCK"
+        )
     return comparisons, memory, notes
 
 
@@ -411,14 +428,18 @@ def _why(exc: OSError) -> str:
 def _memlock_note(backend: str, row: dict) -> str:
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     size = row["ring_bytes"]
-    where = ("charged to RLIMIT_MEMLOCK unless CAP_IPC_LOCK" if backend == "kernel" else
-             "the size the kernel would charge to RLIMIT_MEMLOCK (the thread backend maps the "
-             "same layout, not locked)")
+    where = (
+        "charged to RLIMIT_MEMLOCK unless CAP_IPC_LOCK"
+        if backend == "kernel"
+        else "the size the kernel would charge to RLIMIT_MEMLOCK (the thread backend maps the "
+        "same layout, not locked)"
+    )
     if soft == resource.RLIM_INFINITY:
         room = "RLIMIT_MEMLOCK is unlimited here"
     else:
-        room = (f"RLIMIT_MEMLOCK here {soft // 1024} KiB: room for {soft // size} such epfds "
-                "per user")
+        room = (
+            f"RLIMIT_MEMLOCK here {soft // 1024} KiB: room for {soft // size} such epfds per user"
+        )
     return f"ring at {row['registered']} registered: {size} bytes per epfd, {where}; {room}"
 
 
@@ -432,7 +453,12 @@ def _ring_bytes(ep: epoll) -> int:
 
 
 def _one_size(
-    backend: str, fds: list[int], k: int, calls: int, repeats: int, overhead: float,
+    backend: str,
+    fds: list[int],
+    k: int,
+    calls: int,
+    repeats: int,
+    overhead: float,
     progress: Progress,
 ) -> tuple[dict, list[Comparison]]:
     """Every repeat: the ring (registered, polled, closed), then select.epoll likewise. The two
@@ -447,13 +473,17 @@ def _one_size(
     med = statistics.median
     for rep in range(repeats):
         progress(f"scale: {n} registered, repeat {rep + 1}/{repeats}: ring")
-        reg_ns, rings = _time_register(lambda: epoll(backend=backend, max_items=n),
-                                       select.EPOLLIN | select.EPOLLET, fds, overhead, n_rings)
+        reg_ns, rings = _time_register(
+            lambda: epoll(backend=backend, max_items=n),
+            select.EPOLLIN | select.EPOLLET,
+            fds,
+            overhead,
+            n_rings,
+        )
         try:
             if "ring_bytes" not in row:
                 ring_bytes = _ring_bytes(rings[0])
-                row.update(ring_bytes=ring_bytes, bytes_per_fd=ring_bytes / n,
-                           epitem_bytes=None)
+                row.update(ring_bytes=ring_bytes, bytes_per_fd=ring_bytes / n, epitem_bytes=None)
             rows["ring_reg"].append(reg_ns)
             rows["ring"].append(med(_ring_poll_ns(backend, rings, sets, blocks, overhead)))
         finally:
@@ -472,8 +502,18 @@ def _one_size(
     ring_reg = summary(f"{backend} epoll.register", "ns/fd", rows["ring_reg"])
     std_reg = summary("select.epoll.register", "ns/fd", rows["std_reg"])
     return row, [
-        Comparison("scale", f"poll_into vs select.epoll.poll, {n} registered, {k} ready",
-                   ring_m, std_m, ratio(std_m.median, ring_m.median)),
-        Comparison("scale", f"register, {n} registered", ring_reg, std_reg,
-                   ratio(std_reg.median, ring_reg.median)),
+        Comparison(
+            "scale",
+            f"poll_into vs select.epoll.poll, {n} registered, {k} ready",
+            ring_m,
+            std_m,
+            ratio(std_m.median, ring_m.median),
+        ),
+        Comparison(
+            "scale",
+            f"register, {n} registered",
+            ring_reg,
+            std_reg,
+            ratio(std_reg.median, ring_reg.median),
+        ),
     ]

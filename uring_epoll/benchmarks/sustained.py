@@ -32,7 +32,10 @@ from .common import (
 
 @contextmanager
 def consumer(
-    backend: str, fds: list[int], spin_us: float = 0.0, protocol: int = abi.PROTOCOL_V5,
+    backend: str,
+    fds: list[int],
+    spin_us: float = 0.0,
+    protocol: int = abi.PROTOCOL_V5,
 ) -> Iterator[tuple[Callable[[], int], Any]]:
     """``(take_batch, ep)``: *fds* registered edge-triggered on *backend* ('stdlib' is
     select.epoll) and a function taking one batch of events from it (up to 1024, waiting at
@@ -46,8 +49,7 @@ def consumer(
         def poll_batch() -> int:
             return len(poll(0.05, 1024))
     else:
-        ep = epoll(backend=backend, max_items=max(len(fds), 1), spin_us=spin_us,
-                   protocol=protocol)
+        ep = epoll(backend=backend, max_items=max(len(fds), 1), spin_us=spin_us, protocol=protocol)
         for fd in fds:
             ep.register(fd, select.EPOLLIN | select.EPOLLET)
         buffer = np.zeros(1024, abi.EVENT_DTYPE)
@@ -55,6 +57,7 @@ def consumer(
 
         def poll_batch() -> int:
             return int(poll_into(buffer, 0.05))
+
     try:
         yield poll_batch, ep
     finally:
@@ -62,13 +65,21 @@ def consumer(
 
 
 def sustained_one(
-    backend: str, nfds: int, threads: int, seconds: float, progress: Progress, spin_us: float,
-    source: str = "eventfd", protocol: int = abi.PROTOCOL_V5,
+    backend: str,
+    nfds: int,
+    threads: int,
+    seconds: float,
+    progress: Progress,
+    spin_us: float,
+    source: str = "eventfd",
+    protocol: int = abi.PROTOCOL_V5,
 ) -> Throughput:
     """One consumer run on *backend* ('stdlib' is select.epoll) fed by C producer threads."""
-    with event_sources(source, nfds) as (fds, value, mode), \
-            consumer(backend, fds, spin_us, protocol) as (poll_batch, _), \
-            c_producers(fds, threads, value, mode):
+    with (
+        event_sources(source, nfds) as (fds, value, mode),
+        consumer(backend, fds, spin_us, protocol) as (poll_batch, _),
+        c_producers(fds, threads, value, mode),
+    ):
         return consume_for(poll_batch, seconds, progress, f"sustained {backend}")
 
 
@@ -82,8 +93,13 @@ METRICS = (
 
 
 def compare_runs(
-    scenario: str, label: str, ring_name: str, ring: list[Throughput], base_name: str,
-    base: list[Throughput], metrics: tuple[str, ...] | None = None,
+    scenario: str,
+    label: str,
+    ring_name: str,
+    ring: list[Throughput],
+    base_name: str,
+    base: list[Throughput],
+    metrics: tuple[str, ...] | None = None,
 ) -> list[Comparison]:
     """One Comparison per metric (all of METRICS, or those named), ratio > 1 when the first
     side is better."""
@@ -100,8 +116,14 @@ def compare_runs(
 
 
 def scenario_sustained(
-    backends: list[str], nfds: int, threads: int, seconds: float, repeats: int,
-    progress: Progress, spin_us: float = 0.0, source: str = "eventfd",
+    backends: list[str],
+    nfds: int,
+    threads: int,
+    seconds: float,
+    repeats: int,
+    progress: Progress,
+    spin_us: float = 0.0,
+    source: str = "eventfd",
 ) -> list[Comparison]:
     """C producers feeding a Python consumer, per backend against select.epoll."""
     base: list[Throughput] = []
@@ -115,6 +137,7 @@ def scenario_sustained(
             runs[b].append(sustained_one(b, nfds, threads, seconds, progress, spin_us, source))
     results = []
     for b in backends:
-        results += compare_runs("sustained", f"{b} ({source})", f"{b} poll_into", runs[b],
-                                "select.epoll.poll", base)
+        results += compare_runs(
+            "sustained", f"{b} ({source})", f"{b} poll_into", runs[b], "select.epoll.poll", base
+        )
     return results
