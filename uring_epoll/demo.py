@@ -17,6 +17,14 @@ Fork before threads: the child is forked before the epoll object exists, because
 ``thread`` ring backend runs a poller thread in the parent. The child only touches the vpoll
 fd, never prints, and leaves with ``os._exit``. A parent whose child dies early reports it and
 returns 1 instead of waiting forever.
+
+The grid starts when the parent is ready, not at the fork: the child waits on a pipe for the
+parent's start time, sent once the vpoll fd is registered. Forking a large process and creating
+the ring can take longer than a step (a third of a second seen inside User-Mode Linux); a child
+that counted from the fork would raise its first step before the registration, and the kernel
+ring reports a step raised before ``EPOLL_CTL_ADD`` as the fd's polled state, not as the
+wake-up key it reports afterwards. If the parent fails before sending, the child reads
+end-of-file and leaves without raising anything.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import errno
 import os
 import select
 import signal
+import struct
 import sys
 import time
 from typing import Any, TextIO
@@ -52,10 +61,20 @@ RING_BACKENDS = ("auto", "kernel", "thread", "epoll")
 #: (parent's tick, child's period) in seconds.
 NORMAL_TIMING = (1.0, 2.0)
 FAST_TIMING = (0.1, 0.2)
+#: The start time the parent sends its child (a native double; both ends are this process).
+_START = struct.Struct("d")
 
 
-def _child(source: vp.VPoll, start: float, tick: float, period: float) -> None:
-    """Raise each step (what the implementation can of it) half a tick off the parent's grid."""
+def _child(source: vp.VPoll, go: int, tick: float, period: float) -> None:
+    """Wait for the parent's start time, then raise each step (what the implementation can of
+    it) half a tick off the parent's grid."""
+    sent = b""
+    while len(sent) < _START.size:
+        chunk = os.read(go, _START.size - len(sent))
+        if not chunk:
+            return  # the parent gave up before starting: raise nothing
+        sent += chunk
+    (start,) = _START.unpack(sent)
     can = source.supported_events
     for i, events in enumerate(STEPS):
         delay = start + (i + 1) * period + tick / 2 - time.monotonic()
@@ -65,18 +84,22 @@ def _child(source: vp.VPoll, start: float, tick: float, period: float) -> None:
             source.add(events & can)
 
 
-def _spawn(source: vp.VPoll, start: float, tick: float, period: float) -> int:
+def _spawn(source: vp.VPoll, tick: float, period: float) -> tuple[int, int]:
+    """Fork the child; return its pid and the pipe end to send it the start time through."""
+    go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: no return from here
         code = 0
         try:
-            _child(source, start, tick, period)
+            os.close(go_write)
+            _child(source, go_read, tick, period)
         except BaseException as exc:
             os.write(2, f"uring-epoll demo: child failed: {exc!r}\n".encode())
             code = 1
         finally:
             os._exit(code)
-    return pid
+    os.close(go_read)
+    return pid, go_write
 
 
 def run_demo(
@@ -111,14 +134,22 @@ def run_demo(
             note = " (cannot raise PRI: the child raises IN for IN|PRI and skips PRI)"
         print(f"vpoll implementation: {source.impl}{note}", file=out)
         out.flush()  # the fork below must not duplicate buffered output
-        start = time.monotonic()
-        pid = _spawn(source, start, tick, period)
+        pid, go = _spawn(source, tick, period)
         try:
             with epoll(backend=backend_name) as ep:
                 print(f"ring backend: {ep.backend}", file=out)
                 ep.register(source.fileno(), INTEREST)
+                start = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the child
+                try:
+                    os.write(go, _START.pack(start))
+                except BrokenPipeError:
+                    pass  # the child already died: the loop's first timeout reports it
+                os.close(go)
+                go = -1
                 return _parent_loop(ep, source, pid, start, tick, period, out)
         finally:
+            if go >= 0:
+                os.close(go)  # the child reads end-of-file and leaves
             _reap(pid)
 
 
