@@ -11,24 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from ._native_lib import lib as runtime_lib
+from ._native_lib import load_module
 
 #: Must equal UE_BENCH_VERSION in csrc/ue_bench.h.
 EXPECTED_BENCH_VERSION = 1
 
-try:
-    from uring_epoll._bench_native import ffi, lib
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "uring_epoll's benchmark module is missing; install the package with `pip install .` "
-        "(it compiles the module with cffi)"
-    ) from exc
-
-if lib.UE_BENCH_VERSION != EXPECTED_BENCH_VERSION:  # pragma: no cover
-    raise ImportError(
-        f"stale uring_epoll benchmark build: the module has interface version "
-        f"{lib.UE_BENCH_VERSION}, this Python code needs {EXPECTED_BENCH_VERSION}; "
-        "rebuild with `pip install .`"
-    )
+_bench = load_module("_bench_native", "UE_BENCH_VERSION", EXPECTED_BENCH_VERSION)
+ffi: Any = _bench.ffi
+lib: Any = _bench.lib
 # It lays out the runtime's structs as they were when it was compiled: they must still be.
 if lib.UE_BENCH_RUNTIME_VERSION != runtime_lib.UE_NATIVE_VERSION:  # pragma: no cover
     raise ImportError(

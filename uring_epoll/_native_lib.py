@@ -7,27 +7,42 @@ is what the rest of the package imports (the cryptography split between ``_cffi_
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
 #: Must equal UE_NATIVE_VERSION in csrc/ue.h; a mismatch means the compiled module is older
 #: (or newer) than the Python code calling it.
 EXPECTED_NATIVE_VERSION = 13
 
-try:
-    from uring_epoll._native import ffi, lib
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "uring_epoll's native module is missing; install the package with `pip install .` "
-        "(it compiles the module with cffi)"
-    ) from exc
 
-if lib.UE_NATIVE_VERSION != EXPECTED_NATIVE_VERSION:  # pragma: no cover
-    raise ImportError(
-        f"stale uring_epoll native build: the module has interface version "
-        f"{lib.UE_NATIVE_VERSION}, this Python code needs {EXPECTED_NATIVE_VERSION}; "
-        "rebuild with `pip install .`"
-    )
+def load_module(name: str, version_constant: str, expected: int) -> Any:
+    """Import the compiled cffi module ``uring_epoll.<name>`` and check its interface version.
 
+    A missing module means the package was not built (a source tree on ``sys.path``); a
+    version other than *expected* means the compiled module and the Python code come from
+    different builds. Both are an ImportError that says to reinstall.
+    """
+    try:
+        module = importlib.import_module(f"uring_epoll.{name}")
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            f"uring_epoll's compiled module {name} is missing; install the package with "
+            "`pip install .` (it compiles the module with cffi)"
+        ) from exc
+    found = getattr(module.lib, version_constant)
+    if found != expected:  # pragma: no cover
+        raise ImportError(
+            f"stale uring_epoll build: {name} has interface version {found} "
+            f"({version_constant}), this Python code needs {expected}; "
+            "rebuild with `pip install .`"
+        )
+    return module
+
+
+_native = load_module("_native", "UE_NATIVE_VERSION", EXPECTED_NATIVE_VERSION)
+ffi: Any = _native.ffi
+lib: Any = _native.lib
 NULL = ffi.NULL
 
 
@@ -46,4 +61,4 @@ def check(result: int, what: str = "") -> int:
     return result
 
 
-__all__ = ["NULL", "check", "ffi", "lib", "os_error"]
+__all__ = ["NULL", "check", "ffi", "lib", "load_module", "os_error"]
