@@ -130,18 +130,22 @@ static void fill(struct worker *w)
 
 #define GP_CLOBBERS "rax", "rcx", "rdx", "rsi", "rdi", "r11", "memory", "cc"
 
+/* Apply M to each register number: one asm line per register, written once. */
+#define EACH8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#define EACH16(M) EACH8(M) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
+#define EACH32(M) EACH16(M) M(16) M(17) M(18) M(19) M(20) M(21) M(22) M(23) \
+	M(24) M(25) M(26) M(27) M(28) M(29) M(30) M(31)
+
 static void sse_call(const void *in, void *out, long nr, long a0, long a1,
 		     long a2, long do_clobber)
 {
 	__asm__ volatile(
 #define L(n) "movdqu " #n "*16(%[in]), %%xmm" #n "\n\t"
-		L(0) L(1) L(2) L(3) L(4) L(5) L(6) L(7)
-		L(8) L(9) L(10) L(11) L(12) L(13) L(14) L(15)
+		EACH16(L)
 #undef L
 		SYSCALL_BODY
 #define S(n) "movdqu %%xmm" #n ", " #n "*16(%[out])\n\t"
-		S(0) S(1) S(2) S(3) S(4) S(5) S(6) S(7)
-		S(8) S(9) S(10) S(11) S(12) S(13) S(14) S(15)
+		EACH16(S)
 #undef S
 		: : SYSCALL_OPERANDS : XMM_CLOBBERS, GP_CLOBBERS);
 }
@@ -152,13 +156,11 @@ static void avx_call(const void *in, void *out, long nr, long a0, long a1,
 {
 	__asm__ volatile(
 #define L(n) "vmovdqu " #n "*32(%[in]), %%ymm" #n "\n\t"
-		L(0) L(1) L(2) L(3) L(4) L(5) L(6) L(7)
-		L(8) L(9) L(10) L(11) L(12) L(13) L(14) L(15)
+		EACH16(L)
 #undef L
 		SYSCALL_BODY
 #define S(n) "vmovdqu %%ymm" #n ", " #n "*32(%[out])\n\t"
-		S(0) S(1) S(2) S(3) S(4) S(5) S(6) S(7)
-		S(8) S(9) S(10) S(11) S(12) S(13) S(14) S(15)
+		EACH16(S)
 #undef S
 		"vzeroupper\n\t"
 		: : SYSCALL_OPERANDS : XMM_CLOBBERS, GP_CLOBBERS);
@@ -170,23 +172,17 @@ static void avx512_call(const void *in, void *out, long nr, long a0, long a1,
 {
 	__asm__ volatile(
 #define L(n) "vmovdqu64 " #n "*64(%[in]), %%zmm" #n "\n\t"
-		L(0) L(1) L(2) L(3) L(4) L(5) L(6) L(7)
-		L(8) L(9) L(10) L(11) L(12) L(13) L(14) L(15)
-		L(16) L(17) L(18) L(19) L(20) L(21) L(22) L(23)
-		L(24) L(25) L(26) L(27) L(28) L(29) L(30) L(31)
+		EACH32(L)
 #undef L
 #define K(n) "kmovw 2048+" #n "*2(%[in]), %%k" #n "\n\t"
-		K(0) K(1) K(2) K(3) K(4) K(5) K(6) K(7)
+		EACH8(K)
 #undef K
 		SYSCALL_BODY
 #define S(n) "vmovdqu64 %%zmm" #n ", " #n "*64(%[out])\n\t"
-		S(0) S(1) S(2) S(3) S(4) S(5) S(6) S(7)
-		S(8) S(9) S(10) S(11) S(12) S(13) S(14) S(15)
-		S(16) S(17) S(18) S(19) S(20) S(21) S(22) S(23)
-		S(24) S(25) S(26) S(27) S(28) S(29) S(30) S(31)
+		EACH32(S)
 #undef S
 #define K(n) "kmovw %%k" #n ", 2048+" #n "*2(%[out])\n\t"
-		K(0) K(1) K(2) K(3) K(4) K(5) K(6) K(7)
+		EACH8(K)
 #undef K
 		"vzeroupper\n\t"
 		: : SYSCALL_OPERANDS
