@@ -126,32 +126,23 @@ def test_auto_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_cli_demo_fast() -> None:
-    """``uring-epoll demo --fast`` (through ``-m`` so an uninstalled checkout works too)."""
-    backend = RING_BACKENDS[0]
+def command_runner(argv: list[str]) -> Callable[[StampedOut], int]:
+    """A ``run`` for :func:`run_and_check` that runs the demo as a command."""
 
     def run(out: StampedOut) -> int:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "uring_epoll.cli",
-                "demo",
-                "--fast",
-                "--vpoll",
-                "emulation",
-                "--backend",
-                backend,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         out.write(result.stdout)
         out.stamps.append(result.stderr)
         return result.returncode
 
-    run_and_check(run, expected("emulation", backend))
+    return run
+
+
+def test_cli_demo_fast() -> None:
+    """``uring-epoll demo --fast`` (through ``-m`` so an uninstalled checkout works too)."""
+    backend = RING_BACKENDS[0]
+    argv = [sys.executable, "-m", "uring_epoll.cli", "demo", "--fast", "--vpoll", "emulation"]
+    run_and_check(command_runner([*argv, "--backend", backend]), expected("emulation", backend))
 
 
 def test_console_script_demo_fast() -> None:
@@ -160,19 +151,10 @@ def test_console_script_demo_fast() -> None:
     if exe is None:
         pytest.skip("the uring-epoll console script is not installed (pip install -e .)")
     backend = RING_BACKENDS[0]
-
-    def run(out: StampedOut) -> int:
-        result = subprocess.run(
-            [exe, "demo", "--fast", "--backend", backend],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        out.write(result.stdout)
-        out.stamps.append(result.stderr)
-        return result.returncode
-
-    run_and_check(run, expected(vp.resolve_impl(None), backend))
+    run_and_check(
+        command_runner([exe, "demo", "--fast", "--backend", backend]),
+        expected(vp.resolve_impl(None), backend),
+    )
 
 
 def test_cli_demo_help() -> None:
