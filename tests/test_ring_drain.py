@@ -371,3 +371,46 @@ def test_drain_refuses_wrong_buffers(rings) -> None:
     ):
         with pytest.raises(TypeError):
             p.ring.drain(bad)
+
+
+def test_ring_refuses_read_only_memory() -> None:
+    """The consumer writes head (and, protocol 3, index slots): immutable memory is refused."""
+    header, index = new_ring_buffers(8)
+    for bad_header, bad_index in [
+        (bytes(header), index),
+        (header, bytes(index)),
+        (memoryview(bytearray(header)).toreadonly(), index),
+    ]:
+        with pytest.raises(TypeError, match="writable"):
+            Ring(bad_header, bad_index)
+
+
+def test_ring_refuses_misaligned_memory() -> None:
+    """Header words are read and written atomically: they must be naturally aligned."""
+    header, index = new_ring_buffers(8)
+    shifted = bytearray(len(header) + 1)
+    shifted[1:] = header
+    with pytest.raises(ValueError, match="aligned"):
+        Ring(memoryview(shifted)[1:], index)
+    shifted_index = bytearray(len(index) + 1)
+    shifted_index[1:] = index
+    with pytest.raises(ValueError, match="aligned"):
+        Ring(header, memoryview(shifted_index)[1:])
+
+
+def test_drain_refuses_read_only_buffers(rings) -> None:
+    """drain() writes into its argument: never into immutable or read-only memory."""
+    p = rings()
+    p.publish(0)
+    frozen = bytes(24)
+    with pytest.raises(TypeError, match="writ"):
+        p.ring.drain(np.frombuffer(frozen, EVENT_DTYPE))
+    assert frozen == bytes(24)
+    read_only = np.zeros(4, EVENT_DTYPE)
+    read_only.flags.writeable = False
+    with pytest.raises(TypeError, match="writ"):
+        p.ring.drain(read_only)
+    assert read_only.tobytes() == bytes(read_only.nbytes)
+    with pytest.raises(TypeError):
+        p.ring.drain(bytearray(24))  # type: ignore[arg-type]
+    assert p.drain() == [(1000, EPOLLIN)]  # nothing was consumed by the refused calls

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from . import abi
-from ._native_lib import NULL, ffi, lib
-from .backends.base import RingMemory, anonymous_shared
+from ._native_lib import NULL, lib
+from .backends.base import RingMemory, anonymous_shared, writable_pointer
 
 
 def new_ring_buffers(max_items: int) -> tuple[Any, Any]:
@@ -68,12 +68,22 @@ class Ring(RingMemory):
         return view
 
     def drain(self, out: np.ndarray) -> int:
-        """Drain into *out* (1-d array of EVENT_DTYPE); OSError(EBADMSG) on a corrupt ring."""
-        if out.dtype != abi.EVENT_DTYPE or out.ndim != 1 or not out.flags.c_contiguous:
-            raise TypeError("out must be a 1-d C-contiguous array of EVENT_DTYPE")
+        """Drain into *out* (1-d, C-contiguous, writable array of EVENT_DTYPE); TypeError for
+        any other, OSError(EBADMSG) on a corrupt ring."""
+        if (
+            not isinstance(out, np.ndarray)
+            or out.dtype != abi.EVENT_DTYPE
+            or out.ndim != 1
+            or not out.flags.c_contiguous
+        ):
+            raise TypeError("out must be a 1-d C-contiguous numpy array of EVENT_DTYPE")
+        if not out.flags.writeable:
+            raise TypeError("out must be a writable array: drain() writes the events into it")
         if self.consumer is None:
             raise ValueError("drain on a closed Ring")
-        n: int = lib.ue_drain(self.consumer, ffi.from_buffer(out), NULL, len(out))
+        # EVENT_DTYPE is packed (alignment 1): the C side copies each event with memcpy.
+        pointer = writable_pointer(out, abi.EVENT_DTYPE.alignment, "out")
+        n: int = lib.ue_drain(self.consumer, pointer, NULL, min(len(out), 2**31 - 1))
         if n == -errno.EBADMSG:
             raise self.corrupt_error()
         return n

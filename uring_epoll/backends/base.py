@@ -219,8 +219,10 @@ class RingMemory:
         spin_ns: int,
     ) -> None:
         """Validate the ring's geometry and set up the consumer; nothing is trusted before."""
-        header_ptr = ffi.from_buffer(header_map)
-        index_ptr = ffi.from_buffer(index_map)
+        # The consumer stores head (and, protocol 3, zeroes index slots), atomically: the
+        # memory must be writable and its words naturally aligned.
+        header_ptr = writable_pointer(header_map, 8, "the ring header")
+        index_ptr = writable_pointer(index_map, 4, "the index ring")
         consumer = ffi.new("struct ue_consumer *")
         ret = lib.ue_consumer_init(
             consumer,
@@ -316,6 +318,28 @@ class RingBackend(RingMemory, BackendBase):
     is_ring = True
     #: Every poll drains the ring; there is no select.epoll to hand a call to.
     poll_pairs: Callable[[Any, int], list[tuple[int, int]]] | None = None
+
+
+def writable_pointer(buffer: Any, alignment: int, what: str) -> Any:
+    """``ffi.from_buffer`` of memory C code writes into: writable, contiguous and aligned to
+    *alignment* bytes. TypeError for read-only memory (as ``readinto`` says), ValueError for
+    memory that is not one contiguous block or is misaligned."""
+    try:
+        pointer = ffi.from_buffer(buffer, require_writable=True)
+    except BufferError:
+        raise TypeError(
+            f"{what} must be writable memory (bytearray, mmap, writable numpy array), "
+            f"not read-only {type(buffer).__name__}"
+        ) from None
+    except TypeError:
+        raise TypeError(
+            f"{what} must support the buffer protocol, not {type(buffer).__name__}"
+        ) from None
+    except ValueError as exc:  # numpy: "ndarray is not C-contiguous"
+        raise ValueError(f"{what} must be one C-contiguous block of memory ({exc})") from None
+    if int(ffi.cast("uintptr_t", pointer)) % alignment:
+        raise ValueError(f"{what} must be {alignment}-byte aligned")
+    return pointer
 
 
 def same_epoll_file(epfd: int, fd: int) -> bool:
