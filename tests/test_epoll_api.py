@@ -682,6 +682,33 @@ class TestData:
             with pytest.raises(ValueError):
                 ep.poll_into(ro)
 
+    def test_poll_into_buffer_resized_in_place(self, backend, eventfds) -> None:
+        """A buffer resized in place after a first call moves (or shrinks): the next call
+        writes where the array is now, and never more events than it holds."""
+        fds = eventfds(4)
+        with uring_epoll.epoll(backend=backend) as ep:
+            for fd in fds:
+                ep.register(fd, ET_IN)
+            buf = np.zeros(2, EVENT_DTYPE)
+            assert ep.poll_into(buf, 0) == 0  # binds the buffer
+            buf.resize(1000, refcheck=False)  # a new allocation: the old one is freed
+            os.eventfd_write(fds[0], 1)
+            assert ep.poll_into(buf, 2) == 1
+            assert int(buf[0]["data"]) == fds[0]
+            buf.resize(1, refcheck=False)  # smaller: at most one event may be written
+            for fd in fds:
+                os.eventfd_write(fd, 1)
+            if backend != "epoll":
+                wait_published(ep, 4)
+            seen = []
+            for _ in range(4):
+                assert ep.poll_into(buf, 2) == 1
+                seen.append(int(buf[0]["data"]))
+            assert sorted(seen) == sorted(fds)
+            buf.flags.writeable = False  # made read-only after it was bound: refused
+            with pytest.raises(ValueError, match="writeable"):
+                ep.poll_into(buf, 0)
+
 
 @all_backends
 def test_oneshot_needs_modify(backend, efd) -> None:

@@ -43,6 +43,23 @@ DEFAULT_MAX_ITEMS = 1024
 
 _live: weakref.WeakSet[epoll] = weakref.WeakSet()
 _now = time.monotonic_ns
+_from_buffer = ffi.from_buffer
+_NO_BUFFER: tuple[Any, ...] = (None, None, None, -1, None)
+
+
+_MOVED = -lib.UE_EMOVED
+
+
+def _same_memory(buffer: Any, cache: tuple[Any, ...]) -> bool:
+    """True if *buffer*'s memory is still where (and as long as) when *cache* was bound, and
+    the binding's C check can tell if it moves (cache[3] is -1 where it cannot)."""
+    if cache[3] < 0 or not buffer.flags.writeable:
+        return False
+    try:
+        pointer = _from_buffer(buffer)
+    except (TypeError, ValueError, BufferError):
+        return False  # rebinding says what is wrong with it
+    return bool(pointer == cache[2] and len(pointer) == cache[3])
 
 
 class _Share:
@@ -226,8 +243,10 @@ class epoll:
         self._poll_bound: Any = lib.ue_poll_bound
         # poll_into: (buffer, binding, what it uses) of the last buffer seen; poll(): the
         # maxevents argument and binding of its reusable arrays, one thread at a time (lock).
-        self._into_cache: tuple[Any, ...] = (None, None)
-        self._into_fast: tuple[Any, ...] = (None, None)
+        # poll_into's cache is (buffer, binding, pointer, byte length, memory): the memory the
+        # binding was made for (length -1: its array cannot be checked in C, so never reused).
+        self._into_cache: tuple[Any, ...] = _NO_BUFFER
+        self._into_fast: tuple[Any, ...] = _NO_BUFFER
         self._pairs_key: Any = None
         self._pairs_binding: Any = None
         self._pairs_lock = threading.Lock()
@@ -307,7 +326,7 @@ class epoll:
     def _shut(self) -> None:
         self._closed = True
         self._update_paths()
-        self._into_cache = self._into_fast = (None, None)
+        self._into_cache = self._into_fast = _NO_BUFFER
         self._pairs_key = self._pairs_binding = None
         self._share.objects.discard(self)
         self._finalizer()
@@ -437,13 +456,15 @@ class epoll:
         start = _now() if tns > 0 else 0  # as in _pairs
         n: int = self._poll_bound(cache[1], tns)
         if n < 0:
+            if n == _MOVED:  # resized in place (or made read-only) since it was bound
+                return self._poll_into_slow(buffer, timeout)
             return self._poll_error(n, tns, start, cache[1])
         return n
 
     def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
         self._check_open()
         cache = self._into_cache
-        if buffer is not cache[0]:
+        if buffer is not cache[0] or not _same_memory(buffer, cache):
             cache = self._into_cache = (buffer, *self._into_binding_for(buffer))
             self._update_paths()
         if self._rearm:
@@ -451,6 +472,10 @@ class epoll:
         tns = -1 if timeout is None else _timeout_ns(timeout)
         start = _now() if tns > 0 else 0
         n: int = self._poll_bound(cache[1], tns)
+        while n == _MOVED:  # another thread resized it since: bind it again
+            cache = self._into_cache = (buffer, *self._into_binding_for(buffer))
+            self._update_paths()
+            n = self._poll_bound(cache[1], tns)
         if n < 0:
             n = self._poll_error(n, tns, start, cache[1])
         if self._lt and n:
@@ -472,16 +497,29 @@ class epoll:
             raise ValueError("buffer must hold at least one event")
         ptr = ffi.from_buffer(buffer)
         memory = self._backend.memory
-        binding = ffi.new(
-            "struct ue_binding *",
-            {
-                "consumer": memory[0],
-                "out": ptr,
-                "data_out": ffi.NULL,
-                "max": min(len(buffer), 2**31 - 1),
-            },
+        fields = {
+            "consumer": memory[0],
+            "out": ptr,
+            "data_out": ffi.NULL,
+            "max": min(len(buffer), 2**31 - 1),
+        }
+        # Every call checks, in C, that the array still lies where it did (see struct
+        # ue_binding), through numpy's array struct; where that layout is not the one
+        # expected (a debug or free-threaded Python), every call rebinds instead.
+        head = ffi.cast("const struct ue_ndarray_head *", id(buffer))
+        descr = ffi.cast("void *", id(buffer.dtype))
+        checked = (
+            type(buffer) is np.ndarray
+            and head.data == ffi.cast("char *", ptr)
+            and head.nd == 1
+            and head.dimensions[0] == len(buffer)
+            and head.descr == descr
+            and head.flags & lib.UE_NPY_ARRAY_WRITEABLE
         )
-        return (binding, ptr, memory)
+        if checked:
+            fields.update(array=head, descr=descr, length=len(buffer))
+        binding = ffi.new("struct ue_binding *", fields)
+        return (binding, ptr, len(ptr), memory) if checked else (binding, ptr, -1, memory)
 
     @property
     def header(self) -> np.ndarray | None:
@@ -522,7 +560,8 @@ class epoll:
     def _update_paths(self) -> None:
         lt = bool(self._lt)
         self._slow = self._closed or lt or not self._ring
-        self._into_fast = (None, None) if self._closed or lt else self._into_cache
+        unchecked = self._into_cache[3] < 0
+        self._into_fast = _NO_BUFFER if self._closed or lt or unchecked else self._into_cache
 
     def _registrations_changed(self) -> None:
         """Re-pick the poll paths of every object that shares the registrations."""
@@ -550,7 +589,7 @@ class epoll:
         self._closed = True
         self._update_paths()
         self._poll_bound = _forked_poll
-        self._into_cache = self._into_fast = (None, None)
+        self._into_cache = self._into_fast = _NO_BUFFER
         self._pairs_key = self._pairs_binding = None
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:

@@ -24,7 +24,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 13
+#define UE_NATIVE_VERSION 14
 
 enum ue_wait_mode {
 	UE_WAIT_KERNEL = 1, /* epoll_wait(epfd, NULL, 0, ms) on a userpoll epfd */
@@ -64,6 +64,28 @@ struct ue_consumer {
 };
 
 /*
+ * The leading fields of a numpy array object (numpy's PyArrayObject_fields, public C ABI
+ * since numpy 1.7, after a non-debug PyObject_HEAD). The Python side checks this layout
+ * against the array's own view of itself before it lets C read an array through it.
+ */
+struct ue_ndarray_head {
+	intptr_t ob_refcnt;
+	void *ob_type;
+	char *data;
+	int nd;
+	intptr_t *dimensions;
+	intptr_t *strides;
+	void *base;
+	void *descr;
+	int flags;
+};
+
+#define UE_NPY_ARRAY_WRITEABLE 0x0400
+
+/* ue_poll_bound's -UE_EMOVED: the bound array's memory moved; bind it again. */
+#define UE_EMOVED 4096
+
+/*
  * A destination bound once and reused by every call: each argument of a cffi call costs
  * tens of nanoseconds, so the per-call entry point takes only a binding and a timeout.
  * Bindings are immutable once made, so threads polling with their own buffers never share
@@ -74,6 +96,15 @@ struct ue_binding {
 	void *out;	    /* packed epoll_event array, or u32 events array if data_out */
 	uint64_t *data_out; /* NULL: packed layout */
 	uint32_t max;
+	/*
+	 * The caller's numpy array that out lies in, or NULL. A binding outlives the call that
+	 * made it, and an array can be resized in place (a new allocation, the old one freed)
+	 * or made read-only: each call first checks that the array still has this data pointer,
+	 * one dimension of this length, this dtype and is writable, else returns -UE_EMOVED.
+	 */
+	const struct ue_ndarray_head *array;
+	const void *descr;
+	intptr_t length;
 };
 
 /* The consumer (ring.c) */
