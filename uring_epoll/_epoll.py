@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import math
+import numbers
 import operator
 import os
 import select
@@ -144,6 +145,22 @@ def _timeout_ns(timeout: Any) -> int:
     return math.ceil(seconds * 1e9)
 
 
+#: Most ``spin_us`` accepted (10 ms): a spin pays only while it is short against the sleep
+#: and wake-up it saves (microseconds); a longer one burns a CPU for nothing, and it is also
+#: how long a poll may take to return to Python and see a signal.
+MAX_SPIN_US = lib.UE_SPIN_MAX_NS // 1000
+
+
+def _spin_ns(spin_us: Any) -> int:
+    """``spin_us`` checked (a real number of microseconds in 0..MAX_SPIN_US), in ns."""
+    if isinstance(spin_us, bool) or not isinstance(spin_us, numbers.Real):
+        raise TypeError(f"spin_us must be a number of microseconds, not {type(spin_us).__name__}")
+    value = float(spin_us)
+    if not 0 <= value <= MAX_SPIN_US:  # NaN fails both
+        raise ValueError(f"spin_us must be in 0..{MAX_SPIN_US} (microseconds), got {spin_us!r}")
+    return int(value * 1000)
+
+
 @dataclass(frozen=True)
 class PollStats:
     """Counters of one epoll object (ring backends; zeros on the epoll backend)."""
@@ -177,7 +194,8 @@ class epoll:
             ``URING_EPOLL_BACKEND`` overrides ``auto``.
         max_items: most registrations at once on a ring backend (1..65536; more give ENOSPC).
         protocol: ring protocol revision, 5 (default, the final RFC) or 3 (thread backend).
-        spin_us: how long ``poll`` spins on an empty ring before sleeping (microseconds).
+        spin_us: how long ``poll`` spins on an empty ring before sleeping (microseconds,
+            0..:data:`MAX_SPIN_US`, never longer than the poll's timeout).
     """
 
     backend: str
@@ -205,8 +223,7 @@ class epoll:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         if protocol not in abi.PROTOCOLS:
             raise ValueError(f"protocol must be 5 or 3, got {protocol!r}")
-        if spin_us < 0:
-            raise ValueError("spin_us must be >= 0")
+        spin_ns = _spin_ns(spin_us)
         if max_items is None:
             max_items = sizehint if sizehint > 0 else DEFAULT_MAX_ITEMS
             max_items = min(max_items, abi.MAX_ITEMS_LIMIT)
@@ -218,9 +235,7 @@ class epoll:
         if _share is None:
             name = probe.resolve_backend(backend)
             _share = _Share(
-                backends.create(
-                    name, max_items=max_items, protocol=protocol, spin_ns=int(spin_us * 1000)
-                )
+                backends.create(name, max_items=max_items, protocol=protocol, spin_ns=spin_ns)
             )
         share = self._share = _share
         backend_object = share.backend
@@ -275,8 +290,7 @@ class epoll:
         epoll fd the epoll backend.
         """
         fd = _as_fd(fd)
-        if spin_us < 0:
-            raise ValueError("spin_us must be >= 0")
+        spin_ns = _spin_ns(spin_us)
         seen: set[int] = set()
         for other in list(_live):
             share = other._share
@@ -291,7 +305,7 @@ class epoll:
         backend_object: backends.Backend
         try:
             backend_object = KernelBackend(
-                max_items=1, protocol=abi.PROTOCOL_V5, spin_ns=int(spin_us * 1000), epfd=fd
+                max_items=1, protocol=abi.PROTOCOL_V5, spin_ns=spin_ns, epfd=fd
             )
         except (OSError, ValueError):
             backend_object = EpollBackend(epfd=fd)

@@ -116,7 +116,7 @@ int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, voi
 	c->mode = mode;
 	c->epfd = epfd;
 	c->emu = emu;
-	c->spin_ns = spin_ns;
+	c->spin_ns = spin_ns < UE_SPIN_MAX_NS ? spin_ns : UE_SPIN_MAX_NS;
 	return 0;
 }
 
@@ -317,6 +317,13 @@ static int ring_empty(struct ue_consumer *c)
 }
 
 /*
+ * The consumer this thread's last ue_poll returned -EINTR for after a spin: the caller is
+ * calling again at once (its signal handlers having run), and this call goes to sleep without
+ * spinning first. Per thread, so that pollers on other threads keep theirs.
+ */
+static __thread const struct ue_consumer *resumed;
+
+/*
  * The reference consumer loop in one call: drain; if empty, spin on tail for spin_ns; then
  * sleep until entries appear (kernel: epoll_wait(NULL, 0) returning -ESTALE; emulator: futex)
  * and drain again. With data_out NULL, out receives packed struct epoll_event; otherwise out
@@ -327,8 +334,10 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 		       int64_t timeout_ns)
 {
 	uint64_t deadline = 0, now;
-	int synced = 0;
+	int synced = 0, may_spin = resumed != c;
 	long n;
+
+	resumed = NULL;
 
 	if (c->mode == UE_WAIT_EPOLL) {
 		/* The baseline backend: no ring, epoll_wait writes the packed events itself. */
@@ -357,9 +366,12 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 				return n;
 			continue;
 		}
-		if (c->spin_ns) {
+		if (c->spin_ns && may_spin) {
 			uint64_t spin_end = now_ns() + c->spin_ns;
 
+			/* Never past the timeout; spin_ns is at most UE_SPIN_MAX_NS. */
+			if (timeout_ns > 0 && spin_end > deadline)
+				spin_end = deadline;
 			c->stats.spins++;
 			while (ring_empty(c)) {
 				cpu_relax();
@@ -370,6 +382,15 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 				c->stats.spin_hits++;
 				continue;
 			}
+			if (timeout_ns > 0 && now_ns() >= deadline)
+				return 0;
+			/*
+			 * A signal that came during the spin has run its C handler, and would not
+			 * interrupt the sleep that follows: return for the caller to run the Python
+			 * handlers, and sleep without spinning when it calls again.
+			 */
+			resumed = c;
+			return -EINTR;
 		}
 		int64_t left = -1;
 
@@ -388,6 +409,7 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 					       (left + 999999) / 1000000);
 			int ret = ue_sys_epoll_wait_null(c->epfd, ms);
 
+			may_spin = 1;
 			if (ret == -ESTALE) {
 				c->stats.estale++;
 				continue;
@@ -416,6 +438,7 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 				continue;
 			}
 			c->stats.sleeps++;
+			may_spin = 1;
 			ret = ue__emu_wait(c->emu, &c->ring.hdr->tail, tail, left, &c->closing);
 			if (ret == -ESTALE) {
 				c->stats.estale++;

@@ -24,7 +24,16 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 14
+#define UE_NATIVE_VERSION 15
+
+/*
+ * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
+ * while it is short against the sleep and wake-up it saves (a few microseconds): 10 ms is
+ * far past that, a scheduler time slice, and how long a signal may wait to be seen (after a
+ * spin that saw nothing, ue_poll returns -EINTR for the caller's signal handlers to run,
+ * and sleeps without spinning when called again).
+ */
+#define UE_SPIN_MAX_NS 10000000
 
 enum ue_wait_mode {
 	UE_WAIT_KERNEL = 1, /* epoll_wait(epfd, NULL, 0, ms) on a userpoll epfd */
