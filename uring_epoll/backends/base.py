@@ -289,7 +289,13 @@ class RingMemory:
     def corrupt_error(self) -> OSError:
         """The OSError(EBADMSG) for the corrupt entry the consumer just stopped at."""
         c = self.consumer
-        if c.bad_kind == 2:
+        if c.bad_kind == 3:
+            what = (
+                f"index entry at head {c.bad_position} (tail {c.bad_value}) was reserved "
+                f"but never written for {lib.UE_V3_STUCK_NS / 1e9:g} s: the producer died "
+                "between reserving and writing it, or tail was overwritten"
+            )
+        elif c.bad_kind == 2:
             what = (
                 f"ring tail {c.bad_value} is {(c.bad_value - c.bad_position) & 0xFFFFFFFF} "
                 f"entries ahead of head {c.bad_position}, more than the ring holds"

@@ -20,9 +20,18 @@
  *  - head is stored with RELEASE after the batch. It pairs with the kernel's ACQUIRE of head
  *    when it decides "ring non-empty" (ESTALE, poll of the epfd) and orders our reads of the
  *    index slots (and, in protocol 3, the zeroing stores) before the slots can be reused.
+ *  - The RELAXED loads of head and tail outside the consumer lock (ue_drain's empty test,
+ *    ring_empty's head, the sleep decision) are hints only: every entry taken is taken by
+ *    drain_locked, which loads tail again with ACQUIRE.
+ *  - The consumer lock: the ACQUIRE exchange in consumer_trylock pairs with the RELEASE store
+ *    in consumer_unlock, so one drain's head store and stuck-slot record are seen by the next.
  *
- * Nothing read from shared memory is trusted: tail - head must fit in the ring and every
- * slot number must be below max_items (our private copy, taken when the ring was attached).
+ * Nothing read from shared memory is trusted: tail - head must fit in the ring, every slot
+ * number must be below max_items (our private copy, taken when the ring was attached), and
+ * the index position is head masked by our own copy of the index size. Whatever those words
+ * hold, no loop waits on them without a bound: a protocol-3 slot reserved and never written
+ * ends in -EBADMSG after UE_V3_STUCK_NS, and ue_poll's busy loops return -EINTR every
+ * UE_BUSY_SLICE_NS so that the caller sees signals.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,6 +88,9 @@ int ue_ring_attach(struct ue_ring *ring, void *header, size_t header_len, void *
 	if (protocol != 3 && protocol != 5)
 		return -EINVAL;
 	if (!header || !index || header_len < UE_HEADER_SIZE)
+		return -EINVAL;
+	/* Header words (and items' data) are accessed atomically: natural alignment. */
+	if ((uintptr_t)header % 8 || (uintptr_t)index % 4)
 		return -EINVAL;
 	/* These fields are written once, before the ring is handed out; check them all. */
 	if (hdr->magic != UE_USERPOLL_MAGIC)
@@ -150,6 +162,24 @@ static void mark_bad(struct ue_consumer *c, uint32_t kind, uint32_t pos, uint32_
 }
 
 /*
+ * Protocol 3: a drain found the slot at head reserved but unwritten, having taken nothing.
+ * True once drains have stopped at this same head for UE_V3_STUCK_NS: a producer reserves and
+ * writes within a few instructions, so a slot unwritten that long is a dead producer or a
+ * corrupt tail, and waiting longer would wait forever. Caller holds c->lock.
+ */
+static int slot_stuck(struct ue_consumer *c, uint32_t head)
+{
+	uint64_t now = now_ns();
+
+	if (!c->stuck_since || c->stuck_head != head) {
+		c->stuck_head = head;
+		c->stuck_since = now;
+		return 0;
+	}
+	return now - c->stuck_since >= UE_V3_STUCK_NS;
+}
+
+/*
  * Drain up to maxevents. Returns the number written, or -EBADMSG when the first entry looked
  * at is corrupt; a corrupt entry after good ones ends the batch early and is reported by the
  * next call, so the events already consumed are never lost. Caller holds c->lock.
@@ -160,7 +190,7 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 	struct ue_ring *r = &c->ring;
 	uint32_t head = __atomic_load_n(&r->hdr->head, __ATOMIC_RELAXED); /* we own head */
 	uint32_t tail = __atomic_load_n(&r->hdr->tail, __ATOMIC_ACQUIRE);
-	uint32_t n = 0, skipped = 0;
+	uint32_t first = head, n = 0, skipped = 0;
 	long ret = 0;
 
 	if (head == tail)
@@ -184,7 +214,11 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 			while ((v = __atomic_load_n(slotp, __ATOMIC_ACQUIRE)) == 0) {
 				if (++spins == UE_V3_SLOT_SPINS) {
 					c->stats.slot_waits++;
-					goto out; /* reserved but unwritten: next call */
+					if (n || skipped || !slot_stuck(c, head))
+						goto out; /* reserved but unwritten: next call */
+					mark_bad(c, 3, head, tail);
+					ret = -EBADMSG;
+					goto out;
 				}
 				cpu_relax();
 			}
@@ -213,6 +247,8 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 		put_event(out, data_out, n++, events, data);
 	}
 out:
+	if (head != first)
+		c->stuck_since = 0; /* progress: whatever stopped us before was written */
 	/* Pairs with the producer's ACQUIRE of head (ring non-empty checks). */
 	__atomic_store_n(&r->hdr->head, head, __ATOMIC_RELEASE);
 	c->stats.ring_events += n;
@@ -317,9 +353,9 @@ static int ring_empty(struct ue_consumer *c)
 }
 
 /*
- * The consumer this thread's last ue_poll returned -EINTR for after a spin: the caller is
- * calling again at once (its signal handlers having run), and this call goes to sleep without
- * spinning first. Per thread, so that pollers on other threads keep theirs.
+ * The consumer this thread's last ue_poll returned -EINTR for after a spin or a busy slice:
+ * the caller is calling again at once (its signal handlers having run), and this call goes
+ * to sleep without spinning first. Per thread, so that pollers on other threads keep theirs.
  */
 static __thread const struct ue_consumer *resumed;
 
@@ -333,7 +369,7 @@ static __thread const struct ue_consumer *resumed;
 static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxevents,
 		       int64_t timeout_ns)
 {
-	uint64_t deadline = 0, now;
+	uint64_t deadline = 0, now, busy_since = 0;
 	int synced = 0, may_spin = resumed != c;
 	long n;
 
@@ -431,10 +467,20 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 				/*
 				 * Entries we could not take: new ones (drain again at once) or, with
 				 * protocol 3, one reserved but not yet written by a producer that
-				 * may need this CPU to finish.
+				 * may need this CPU to finish. That wait is bounded by the drain
+				 * (-EBADMSG after UE_V3_STUCK_NS) and returns to the caller every
+				 * UE_BUSY_SLICE_NS, for its signal handlers.
 				 */
-				if (c->ring.protocol == 3)
+				if (c->ring.protocol == 3) {
+					now = now_ns();
+					if (!busy_since) {
+						busy_since = now;
+					} else if (now - busy_since >= UE_BUSY_SLICE_NS) {
+						resumed = c;
+						return -EINTR;
+					}
 					sched_yield();
+				}
 				continue;
 			}
 			c->stats.sleeps++;

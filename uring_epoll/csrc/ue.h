@@ -24,7 +24,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 15
+#define UE_NATIVE_VERSION 16
 
 /*
  * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
@@ -34,6 +34,15 @@
  * and sleeps without spinning when called again).
  */
 #define UE_SPIN_MAX_NS 10000000
+/*
+ * How long ue_poll yields to a protocol-3 producer between its reservation and its write
+ * before returning -EINTR, so that the caller's signal handlers run (the C code cannot see a
+ * signal whose handler has already run); the caller calls again with what is left of its
+ * timeout.
+ */
+#define UE_BUSY_SLICE_NS 10000000
+/* Protocol 3: a slot reserved this long and still unwritten makes the drain fail (EBADMSG). */
+#define UE_V3_STUCK_NS 1000000000
 
 enum ue_wait_mode {
 	UE_WAIT_KERNEL = 1, /* epoll_wait(epfd, NULL, 0, ms) on a userpoll epfd */
@@ -65,9 +74,15 @@ struct ue_consumer {
 	/* Details of the last -EBADMSG, for the Python error message. */
 	uint32_t bad_position;
 	uint32_t bad_value;
-	uint32_t bad_kind; /* 1: slot out of range, 2: tail - head larger than the ring */
+	/*
+	 * 1: slot out of range, 2: tail - head larger than the ring, 3 (protocol 3): the slot at
+	 * head reserved (tail = bad_value) but never written for UE_V3_STUCK_NS.
+	 */
+	uint32_t bad_kind;
 	/* private: */
-	volatile int lock; /* one consumer at a time; protects head */
+	volatile int lock;    /* one consumer at a time; protects head and the two below */
+	uint32_t stuck_head;  /* protocol 3: the head a drain last stopped at, unwritten */
+	uint64_t stuck_since; /* when drains started stopping there (0: they do not) */
 	int closing;	   /* set by ue_consumer_close: every poll returns -EBADF */
 	uint32_t inflight; /* threads inside ue_poll */
 };
