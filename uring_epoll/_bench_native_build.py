@@ -41,6 +41,7 @@ ffibuilder.set_source(
     sources=runtime.sources(SOURCES),
     include_dirs=[str(runtime.CSRC.relative_to(runtime.HERE.parent))],
     extra_compile_args=runtime.CFLAGS,
+    extra_link_args=runtime.LDFLAGS,
     libraries=["pthread"],
 )
 

@@ -43,8 +43,26 @@ BASE_CFLAGS = [
 ]
 #: The same with every warning an error: what CI builds with, and what the tests compile with.
 STRICT_CFLAGS = [*BASE_CFLAGS, "-Werror"]
+#: Set to 1 to build with AddressSanitizer and UndefinedBehaviorSanitizer (tests/
+#: test_sanitizers.py builds such a module in a temporary tree and runs the tests that drive
+#: the C code against it). Python itself is not instrumented: load the ASan runtime first,
+#: ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``, with ``ASAN_OPTIONS=detect_leaks=0``.
+SANITIZE_ENV = "URING_EPOLL_SANITIZE"
+#: Every undefined behaviour is an error (no recovery), and frames stay for the reports.
+SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
+_sanitize = os.environ.get(SANITIZE_ENV) == "1"
 #: What this build uses.
-CFLAGS = STRICT_CFLAGS if os.environ.get(WERROR_ENV) == "1" else BASE_CFLAGS
+CFLAGS = [
+    *(STRICT_CFLAGS if os.environ.get(WERROR_ENV) == "1" else BASE_CFLAGS),
+    *(SANITIZE_FLAGS if _sanitize else []),
+]
+#: Linker flags (the sanitizers' runtimes).
+LDFLAGS = SANITIZE_FLAGS if _sanitize else []
 
 BEGIN = "/* cdef: begin */"
 END = "/* cdef: end */"
@@ -169,6 +187,7 @@ ffibuilder.set_source(
     sources=sources(SOURCES),
     include_dirs=[str(CSRC.relative_to(HERE.parent))],
     extra_compile_args=CFLAGS,
+    extra_link_args=LDFLAGS,
     libraries=["pthread"],
 )
 
