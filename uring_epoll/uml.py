@@ -1055,7 +1055,7 @@ def kernel_problems(console: str, context: int = 40) -> str:
     return ""
 
 
-class KernelCompletedProcess(subprocess.CompletedProcess):  # type: ignore[type-arg]
+class KernelCompletedProcess(subprocess.CompletedProcess[str]):
     """``subprocess.CompletedProcess`` plus the kernel's console log of the run."""
 
     console: str = ""
@@ -1343,7 +1343,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``kernel build|path|run|test|selftest`` to the ``uring-epoll`` command."""
-    kernel = subparsers.add_parser(
+    kernel: argparse.ArgumentParser = subparsers.add_parser(
         "kernel",
         help="build the patched kernel as User-Mode Linux and run things in it",
         description="Build Linux 6.1 with kernel_patches/ as User-Mode Linux (cached by the "
