@@ -94,6 +94,34 @@ def test_absent_series_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         uml.cache_key(tmp_path / "linux-source-6.1.tar.xz")
 
 
+def test_build_refuses_an_incomplete_series_without_waiting_for_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's build holds the lock: a series that cannot be built is reported at
+    once rather than after that build (minutes)."""
+    import fcntl
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uml.cache_root().mkdir(parents=True)
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            uml.build(tarball=tmp_path / "linux.tar.xz", pdir=tmp_path / "empty", progress=None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with open(uml.cache_root() / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        still_waiting = worker.is_alive()
+    worker.join(timeout=30)
+    assert not still_waiting, "build() waited for the lock before checking the series"
+    assert len(outcome) == 1 and isinstance(outcome[0], uml.KernelSeriesError), outcome
+
+
 def test_series_without_its_config_fragment_is_an_error(inputs: tuple[Path, Path]) -> None:
     _, pdir = inputs
     (pdir / "um.config").unlink()

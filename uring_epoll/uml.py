@@ -529,10 +529,11 @@ def build(
     the patch directory (tests use them).
     """
     if not force:
-        with contextlib.suppress(KernelBuildError):
-            found = find_kernel(cache_key(tarball, pdir))
-            if found is not None:
-                return found
+        # An incomplete series (KernelSeriesError) is reported now, not after waiting for the
+        # lock; cache_key raises nothing else.
+        found = find_kernel(cache_key(tarball, pdir))
+        if found is not None:
+            return found
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(_lock_path(), "w") as lockfile:
