@@ -74,10 +74,60 @@ def test_cache_key_ignores_unlisted_files(inputs: tuple[Path, Path]) -> None:
     assert uml.cache_key(tarball, pdir) == before
 
 
-def test_empty_and_absent_series(tmp_path: Path) -> None:
-    assert uml.read_series(tmp_path) == []
+def test_empty_series(tmp_path: Path) -> None:
     (tmp_path / "series").write_text("# nothing yet\n\n")
+    (tmp_path / "um.config").write_text("CONFIG_EPOLL=y\n")
     assert uml.read_series(tmp_path) == []
+
+
+def test_absent_series_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No series file means an incomplete install or a wrong override: never an unpatched
+    kernel built in silence."""
+    with pytest.raises(uml.KernelSeriesError, match="is missing") as info:
+        uml.read_series(tmp_path)
+    assert info.value.path == tmp_path / "series"
+    assert str(tmp_path / "series") in str(info.value)
+    # find_kernel reports "nothing built" rather than raising, and build refuses.
+    monkeypatch.setenv(uml.PATCHES_ENV, str(tmp_path))
+    assert uml.find_kernel() is None
+    with pytest.raises(uml.KernelSeriesError):
+        uml.cache_key(tmp_path / "linux-source-6.1.tar.xz")
+
+
+def test_build_refuses_an_incomplete_series_without_waiting_for_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's build holds the lock: a series that cannot be built is reported at
+    once rather than after that build (minutes)."""
+    import fcntl
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uml.cache_root().mkdir(parents=True)
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            uml.build(tarball=tmp_path / "linux.tar.xz", pdir=tmp_path / "empty", progress=None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with open(uml.cache_root() / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        still_waiting = worker.is_alive()
+    worker.join(timeout=30)
+    assert not still_waiting, "build() waited for the lock before checking the series"
+    assert len(outcome) == 1 and isinstance(outcome[0], uml.KernelSeriesError), outcome
+
+
+def test_series_without_its_config_fragment_is_an_error(inputs: tuple[Path, Path]) -> None:
+    _, pdir = inputs
+    (pdir / "um.config").unlink()
+    with pytest.raises(uml.KernelSeriesError, match=r"um\.config") as info:
+        uml.read_series(pdir)
+    assert info.value.path == pdir / "um.config"
 
 
 def test_series_parsing(inputs: tuple[Path, Path]) -> None:
@@ -89,15 +139,22 @@ def test_series_parsing(inputs: tuple[Path, Path]) -> None:
 def test_series_naming_a_missing_patch_is_an_error(inputs: tuple[Path, Path]) -> None:
     _, pdir = inputs
     (pdir / "series").write_text("0001-a.patch\n0005-missing.patch\n")
-    with pytest.raises(uml.KernelBuildError, match=r"0005-missing\.patch"):
+    with pytest.raises(uml.KernelSeriesError, match=r"0005-missing\.patch") as info:
         uml.read_series(pdir)
+    assert info.value.path == pdir / "0005-missing.patch"
+    assert isinstance(info.value, uml.KernelBuildError)
 
 
 def test_patches_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(uml.PATCHES_ENV, str(tmp_path))
     assert uml.patches_dir() == tmp_path.resolve()
     monkeypatch.delenv(uml.PATCHES_ENV)
-    assert uml.patches_dir() == Path(uml.__file__).resolve().parent.parent / "kernel_patches"
+    shipped = Path(uml.__file__).resolve().parent / "kernel_patches"
+    checkout = Path(uml.__file__).resolve().parent.parent / "kernel_patches"
+    # An installed wheel carries the series in the package; a source checkout has it on top.
+    expected = shipped if (shipped / "series").is_file() else checkout
+    assert uml.patches_dir() == expected
+    assert (uml.patches_dir() / "series").is_file()
 
 
 def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -141,6 +198,36 @@ def test_cli_registers_kernel_subcommands() -> None:
     assert args.timeout == 5 and args.cmd[-2:] == ["true", "-x"]
     for sub in ("build", "path", "test", "selftest"):
         assert callable(parser.parse_args(["kernel", sub]).func)
+
+
+def test_kernel_test_runs_the_tests_of_the_given_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed package has no tests: ``kernel test`` takes them from --root or the cwd
+    (or a parent), and says so when there are none instead of booting for nothing."""
+    checkout = tmp_path / "checkout"
+    (checkout / "tests" / "sub").mkdir(parents=True)
+    (checkout / "tests" / "conftest.py").write_text("")
+    monkeypatch.chdir(checkout / "tests" / "sub")
+    assert uml._test_root(None) == checkout.resolve()
+    assert uml._test_root(str(checkout)) == checkout.resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert uml._test_root(str(elsewhere)) is None
+    monkeypatch.chdir(elsewhere)
+    assert uml._test_root(None) is None
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    uml.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["kernel", "test"])
+    assert args.func(args) == 2
+    assert "no tests/conftest.py in" in capsys.readouterr().err
+    args = parser.parse_args(["kernel", "test", "--root", str(elsewhere), "--", "-x"])
+    assert args.pytest_args == ["--", "-x"]
+    assert args.func(args) == 2
+    assert str(elsewhere) in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

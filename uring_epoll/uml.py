@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import importlib.resources
 import io
 import json
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "KernelBuild",
     "KernelBuildError",
     "KernelRunError",
+    "KernelSeriesError",
     "KernelSourceError",
     "KernelTimeout",
     "add_cli",
@@ -76,8 +78,13 @@ __all__ = [
     "selftest_verdict",
 ]
 
-#: Overrides the location of the patch series (default: ``kernel_patches/`` of the checkout).
+#: Overrides the location of the patch series (default: the series shipped in the package).
 PATCHES_ENV = "URING_EPOLL_PATCHES"
+#: Where the package carries the series: ``uring_epoll/kernel_patches/`` (the repository's
+#: top-level ``kernel_patches/``, mapped there by setup.py).
+PACKAGE_PATCHES = "kernel_patches"
+#: The config fragment every series carries next to its ``series`` file.
+CONFIG_FRAGMENT = "um.config"
 #: Set by the test suite for runs inside the kernel (load is scaled down there).
 IN_UML_ENV = "URING_EPOLL_IN_UML"
 #: Niceness of the kernel build; the build machines are shared and small.
@@ -133,6 +140,17 @@ class KernelBuildError(RuntimeError):
     """The kernel could not be obtained or built; the message says why."""
 
 
+class KernelSeriesError(KernelBuildError):
+    """The patch series is incomplete: its ``series`` file, a patch it lists or its config
+    fragment is missing (``path`` names which). Nothing is built from such a series, since the
+    result would be a kernel without the patches the package is about."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        #: The file that is missing.
+        self.path = path
+
+
 class KernelSourceError(KernelBuildError):
     """The source or the build tools are missing and cannot be installed here (no apt, not root,
     apt failing): the machine cannot build, as opposed to a build that fails."""
@@ -154,11 +172,26 @@ class KernelTimeout(KernelRunError):
 
 
 def patches_dir() -> Path:
-    """The patch series directory: ``$URING_EPOLL_PATCHES`` or the checkout's kernel_patches/."""
+    """The patch series directory.
+
+    ``$URING_EPOLL_PATCHES`` when set; else the series shipped in the package
+    (``uring_epoll/kernel_patches/`` of an installed wheel, found through
+    :mod:`importlib.resources`); else, for a source or editable checkout, whose package
+    directory has no copy, the checkout's top-level ``kernel_patches/``. When neither has a
+    ``series`` file the package's location is returned, and :func:`read_series` names it.
+    """
     override = os.environ.get(PATCHES_ENV)
     if override:
         return Path(override).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent / "kernel_patches"
+    shipped = importlib.resources.files(__package__ or "uring_epoll").joinpath(PACKAGE_PATCHES)
+    # A wheel installs on a file system (the cffi modules are not importable from a zip).
+    shipped_path = Path(str(shipped)).resolve()
+    if (shipped_path / "series").is_file():
+        return shipped_path
+    checkout = Path(__file__).resolve().parent.parent / "kernel_patches"
+    if (checkout / "series").is_file():
+        return checkout
+    return shipped_path
 
 
 def cache_root() -> Path:
@@ -176,15 +209,21 @@ class SeriesEntry:
 
 
 def read_series(pdir: Path | None = None) -> list[SeriesEntry]:
-    """The patches listed in ``pdir/series``, in order; empty when the file is absent.
+    """The patches listed in ``pdir/series``, in order.
 
-    Quilt syntax: one patch per line, optional ``-pN``, ``#`` starts a comment. A listed patch
-    that does not exist is an error now rather than a confusing failure half-way into a build.
+    Quilt syntax: one patch per line, optional ``-pN``, ``#`` starts a comment. An empty series
+    (comments only) is allowed. A missing ``series`` file, a listed patch that does not exist
+    or a missing ``um.config`` raises :class:`KernelSeriesError` naming the file: building
+    without them would give a kernel that silently lacks the series.
     """
     pdir = patches_dir() if pdir is None else pdir
     series = pdir / "series"
     if not series.is_file():
-        return []
+        raise KernelSeriesError(
+            f"the kernel patch series is incomplete: {series} is missing (set "
+            f"${PATCHES_ENV} to a kernel_patches/ directory, or reinstall uring-epoll)",
+            series,
+        )
     entries = []
     for lineno, raw in enumerate(series.read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -199,8 +238,18 @@ def read_series(pdir: Path | None = None) -> list[SeriesEntry]:
                 raise KernelBuildError(f"{series}:{lineno}: unsupported option {opt!r}")
         path = pdir / name
         if not path.is_file():
-            raise KernelBuildError(f"{series}:{lineno}: patch {name!r} not found in {pdir}")
+            raise KernelSeriesError(
+                f"the kernel patch series is incomplete: {series}:{lineno} lists {name!r}, "
+                f"but {path} is missing",
+                path,
+            )
         entries.append(SeriesEntry(path, strip))
+    config = pdir / CONFIG_FRAGMENT
+    if not config.is_file():
+        raise KernelSeriesError(
+            f"the kernel patch series is incomplete: its config fragment {config} is missing",
+            config,
+        )
     return entries
 
 
@@ -480,10 +529,11 @@ def build(
     the patch directory (tests use them).
     """
     if not force:
-        with contextlib.suppress(KernelBuildError):
-            found = find_kernel(cache_key(tarball, pdir))
-            if found is not None:
-                return found
+        # An incomplete series (KernelSeriesError) is reported now, not after waiting for the
+        # lock; cache_key raises nothing else.
+        found = find_kernel(cache_key(tarball, pdir))
+        if found is not None:
+            return found
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(_lock_path(), "w") as lockfile:
@@ -1179,8 +1229,18 @@ def compile_selftest(source: Path, kernel: KernelBuild, outdir: Path) -> Path:
 # CLI
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+def _test_root(given: str | None) -> Path | None:
+    """The checkout whose ``tests/`` the ``test`` subcommand runs: ``given`` (``--root``), else
+    the current directory or the nearest parent with a ``tests/conftest.py``. The installed
+    package has no tests of its own, so this never falls back to the package's location."""
+    if given is not None:
+        root = Path(given).expanduser().resolve()
+        return root if (root / "tests" / "conftest.py").is_file() else None
+    cwd = Path.cwd().resolve()
+    for candidate in (cwd, *cwd.parents):
+        if (candidate / "tests" / "conftest.py").is_file():
+            return candidate
+    return None
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -1273,7 +1333,15 @@ def _cmd_test(args: argparse.Namespace) -> int:
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    root = _repo_root()
+    root = _test_root(args.root)
+    if root is None:
+        where = args.root if args.root is not None else f"{Path.cwd()} or its parents"
+        print(
+            f"uring-epoll kernel test: no tests/conftest.py in {where}; run it from a "
+            "checkout (or an unpacked sdist) of uring-epoll, or pass --root DIR",
+            file=sys.stderr,
+        )
+        return 2
     argv = [
         sys.executable,
         "-m",
@@ -1390,6 +1458,12 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", help="run the test suite (pytest -m 'not uml') inside the kernel")
     boot_options(p, 1800.0)
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="the checkout whose tests/ to run (default: the current directory or the "
+        "nearest parent holding tests/conftest.py)",
+    )
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
     p.set_defaults(func=_cmd_test)
 
