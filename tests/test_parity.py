@@ -101,7 +101,10 @@ class World:
             # end is drained. Filling makes a file non-ready by something other than
             # consuming its event, which is the documented difference above: a pending OUT
             # entry in the ring would survive it. So the loop consumes first (what any
-            # writer does: it writes after being told it may), then fills.
+            # writer does: it writes after being told it may), then fills. Twice: the first
+            # consume may drain the read end, and a pipe that stops being full wakes its
+            # writers (EPOLLOUT), an event the writer takes before it writes again.
+            self.consume()
             self.consume()
             try:
                 while True:
