@@ -35,6 +35,7 @@ import numpy as np
 
 from . import abi, backends, probe
 from ._native_lib import ffi, lib, os_error
+from .backends.base import closed_error
 
 _DEFAULT_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT
 _FD_SETSIZE = 1024
@@ -52,22 +53,113 @@ class _Share:
     ours. Wrapping that fd anew would lose events on the thread backend (its poller alone
     consumes the inner epoll's events) and, on any backend, the registrations' data and
     level-triggered re-arms, which live here. The last object to go closes the backend.
+
+    Closing while other threads use the backend: every call into the backend but the
+    drain itself (ctl, stats, views, fileno checks, binding) runs between :meth:`enter` and
+    :meth:`leave`, and :meth:`shut` closes the backend only once no other thread is between
+    them, so a C producer is never freed under a call (calls are short: nothing between
+    them blocks). The drain is not counted here, as it may sleep for ever: the C consumer
+    counts its own callers, wakes them on close (thread backend) and returns -EBADF from
+    then on, and each binding keeps the memory it points into alive.
     """
 
     def __init__(self, backend: backends.Backend) -> None:
         self.backend = backend
         self.users = 0
+        self.dead = False  # the last user left: nobody may join any more
         self.lock = threading.Lock()
+        # The lifecycle guard: threads inside the backend (thread id -> depth), and
+        # whether the backend is closing / closed.
+        self.gate = threading.Condition(threading.Lock())
+        self.inside: dict[int, int] = {}
+        self.closing = False
+        self.backend_closed = False
         self.data_of_fd: dict[int, int] = {}  # every registration, fd -> data
         self.fd_of_data: dict[int, int] = {}  # only registrations whose data != fd
         self.lt: dict[int, tuple[int, int]] = {}  # level-triggered ring registrations
         self.rearm: list[int] = []  # delivered LT registrations to re-arm at the next poll
         self.objects: weakref.WeakSet[epoll] = weakref.WeakSet()
 
-    def join(self, ep: epoll) -> None:
+    def join(self, ep: epoll) -> bool:
+        """Count *ep* as a user; False if the backend is already going (last user left)."""
         with self.lock:
+            if self.dead:
+                return False
             self.users += 1
             self.objects.add(ep)
+            return True
+
+    def enter(self) -> bool:
+        """Count this thread as inside the backend; False once it is closing."""
+        tid = threading.get_ident()
+        with self.gate:
+            if self.closing:
+                return False
+            self.inside[tid] = self.inside.get(tid, 0) + 1
+            return True
+
+    def leave(self) -> None:
+        tid = threading.get_ident()
+        with self.gate:
+            depth = self.inside[tid] - 1
+            if depth:
+                self.inside[tid] = depth
+            else:
+                del self.inside[tid]
+            if not self.closing:
+                return
+            self.gate.notify_all()
+            last = not self.inside and not self.backend_closed
+            self.backend_closed = self.backend_closed or last
+        if last:
+            self.backend.close()  # shut() left it to us: this thread was inside (a signal)
+
+    def shut(self) -> None:
+        """Close the backend once no other thread is inside it.
+
+        If this very thread is inside (close() from a signal handler or a finalizer that
+        interrupted a call), waiting would deadlock: the last :meth:`leave` closes it.
+        """
+        tid = threading.get_ident()
+        with self.gate:
+            self.closing = True
+            self.gate.wait_for(lambda: self.inside.keys() <= {tid})
+            if self.inside or self.backend_closed:
+                return
+            self.backend_closed = True
+        self.backend.close()
+
+    def after_fork_in_child(self) -> None:
+        """The parent's threads are gone: so is what they held of the guard."""
+        self.gate = threading.Condition(threading.Lock())
+        self.inside = {}
+        self.lock = threading.Lock()
+
+
+class _Inside:
+    """``with _Inside(ep):`` -- a call into the backend, which close() waits for.
+
+    Raises what a closed object raises (ValueError) if the object is closed, and
+    OSError(EBADF) if its backend was closed under it (finalizers at exit), as select.epoll
+    does once its fd is closed under it (selectors swallow that one at teardown).
+    """
+
+    __slots__ = ("ep",)
+
+    def __init__(self, ep: epoll) -> None:
+        self.ep = ep
+
+    def __enter__(self) -> None:
+        ep = self.ep
+        ep._check_open()  # first, without the guard: a fork child never touches its locks
+        if not ep._share.enter():
+            ep._raise_gone()
+        if ep._closed:
+            ep._share.leave()
+            ep._check_open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ep._share.leave()
 
 
 def _release(share: _Share, own_fd: int) -> None:
@@ -81,8 +173,9 @@ def _release(share: _Share, own_fd: int) -> None:
     with share.lock:
         share.users -= 1
         last = share.users == 0
+        share.dead = share.dead or last
     if last:
-        share.backend.close()
+        share.shut()
 
 
 def _after_fork_in_child() -> None:
@@ -228,8 +321,9 @@ class epoll:
         # maxevents argument and binding of its reusable arrays, one thread at a time (lock).
         self._into_cache: tuple[Any, ...] = (None, None)
         self._into_fast: tuple[Any, ...] = (None, None)
-        self._pairs_key: Any = None
-        self._pairs_binding: Any = None
+        # (maxevents, binding): one attribute, so that a poll racing close() never pairs
+        # a key with another binding (or with None).
+        self._pairs_cache: tuple[Any, Any] = (None, None)
         self._pairs_lock = threading.Lock()
         # poll() and poll_into() take their fast path unless these are set: closed object,
         # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
@@ -238,7 +332,8 @@ class epoll:
             stdlib = backend_object.poll_pairs
             assert stdlib is not None, "a backend without a ring polls through select.epoll"
             self._stdlib = stdlib
-        share.join(self)
+        if not share.join(self):
+            return  # fromfd raced the last close of the share: stay closed (fromfd goes on)
         self._closed = False
         self._update_paths()
         self._finalizer = weakref.finalize(self, _release, share, own_fd)
@@ -264,8 +359,15 @@ class epoll:
             if id(share) in seen or other._closed:
                 continue
             seen.add(id(share))
-            if share.backend.shares_file(fd):
-                return cls(_share=share, _fd=fd)
+            if not share.enter():
+                continue  # closing: its fd is no longer ours to share
+            try:
+                if share.backend.shares_file(fd):
+                    ep = cls(_share=share, _fd=fd)
+                    if not ep._closed:
+                        return ep
+            finally:
+                share.leave()
         from .backends.epoll import EpollBackend
         from .backends.kernel import KernelBackend
 
@@ -285,8 +387,9 @@ class epoll:
 
     def fileno(self) -> int:
         """The epoll fd (thread backend: its inner epoll fd, or a dup given to fromfd)."""
+        fd = self._fileno
         self._check_open()
-        return self._fileno
+        return fd
 
     def close(self) -> None:
         """Stop the producer (thread backend), unmap the ring and close the fd. Idempotent.
@@ -308,7 +411,7 @@ class epoll:
         self._closed = True
         self._update_paths()
         self._into_cache = self._into_fast = (None, None)
-        self._pairs_key = self._pairs_binding = None
+        self._pairs_cache = (None, None)
         self._share.objects.discard(self)
         self._finalizer()
         _live.discard(self)
@@ -334,17 +437,18 @@ class epoll:
 
     def unregister(self, fd: Any) -> None:
         """Remove *fd*. A ring entry still pending for it is skipped (EPOLLREMOVED)."""
-        self._check_open()
         fd = _as_fd(fd)
-        self._backend.ctl(abi.EPOLL_CTL_DEL, fd, 0, 0)
-        self._forget(fd)
+        with _Inside(self):
+            self._backend.ctl(abi.EPOLL_CTL_DEL, fd, 0, 0)
+            self._forget(fd)
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
         """Wait for events, as ``select.epoll.poll``: a list of ``(fd, events)``."""
-        if maxevents != self._pairs_key or self._slow or not self._pairs_lock.acquire(False):
+        key, binding = self._pairs_cache
+        if maxevents != key or self._slow or not self._pairs_lock.acquire(False):
             return self._poll_slow(timeout, maxevents)
         try:
-            return self._pairs(self._pairs_binding, timeout)
+            return self._pairs(binding, timeout)
         finally:
             self._pairs_lock.release()
 
@@ -378,7 +482,8 @@ class epoll:
         data = np.zeros(count, np.uint64)
         events = np.zeros(count, np.uint32)
         data_ptr, events_ptr = ffi.from_buffer(data), ffi.from_buffer(events)
-        memory = self._backend.memory
+        with _Inside(self):
+            memory = self._backend.memory
         binding = ffi.new(
             "struct ue_binding *",
             {
@@ -398,9 +503,16 @@ class epoll:
         if maxevents != -1 and maxevents <= 0:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         if not self._ring and not self._fd_of_data:
-            return self._stdlib(timeout, maxevents)  # its data is the fd: no mapping
+            try:
+                return self._stdlib(timeout, maxevents)  # its data is the fd: no mapping
+            except OSError as exc:
+                # Its epoll_wait ran on the fd a close() on another thread had just closed.
+                if exc.errno == errno.EBADF and (self._closed or self._share.closing):
+                    self._raise_gone()
+                raise
         if self._rearm:
-            self._do_rearm()
+            with _Inside(self):
+                self._do_rearm()
         if maxevents > 2**31 - 1:  # what select.epoll says for a value beyond a C int
             raise OverflowError("Python int too large to convert to C int")
         if maxevents > _MAX_EVENTS:
@@ -408,10 +520,11 @@ class epoll:
         count = _FD_SETSIZE - 1 if maxevents == -1 else int(maxevents)  # int(): True is 1
         if self._pairs_lock.acquire(False):
             try:
-                if self._pairs_key != maxevents:
-                    self._pairs_binding = self._pairs_binding_for(count)
-                    self._pairs_key = maxevents
-                result = self._pairs(self._pairs_binding, timeout)
+                key, binding = self._pairs_cache
+                if key != maxevents:
+                    binding = self._pairs_binding_for(count)
+                    self._pairs_cache = (maxevents, binding)
+                result = self._pairs(binding, timeout)
             finally:
                 self._pairs_lock.release()
         else:
@@ -447,7 +560,8 @@ class epoll:
             cache = self._into_cache = (buffer, *self._into_binding_for(buffer))
             self._update_paths()
         if self._rearm:
-            self._do_rearm()
+            with _Inside(self):
+                self._do_rearm()
         tns = -1 if timeout is None else _timeout_ns(timeout)
         start = _now() if tns > 0 else 0
         n: int = self._poll_bound(cache[1], tns)
@@ -471,7 +585,8 @@ class epoll:
         if len(buffer) == 0:
             raise ValueError("buffer must hold at least one event")
         ptr = ffi.from_buffer(buffer)
-        memory = self._backend.memory
+        with _Inside(self):
+            memory = self._backend.memory
         binding = ffi.new(
             "struct ue_binding *",
             {
@@ -486,26 +601,26 @@ class epoll:
     @property
     def header(self) -> np.ndarray | None:
         """Read-only view of the ring header (``HEADER_DTYPE``); None on the epoll backend."""
-        self._check_open()
-        return self._backend.header
+        with _Inside(self):
+            return self._backend.header
 
     @property
     def items(self) -> np.ndarray | None:
         """Read-only view of the shared items (``ITEM_DTYPE``), indexed by slot number."""
-        self._check_open()
-        return self._backend.items
+        with _Inside(self):
+            return self._backend.items
 
     @property
     def index(self) -> np.ndarray | None:
         """Read-only view of the index ring (u32 slots)."""
-        self._check_open()
-        return self._backend.index
+        with _Inside(self):
+            return self._backend.index
 
     @property
     def stats(self) -> PollStats:
         """Counters: ring events, sleeps, ESTALE returns, spins, LT re-arms."""
-        self._check_open()
-        counters = self._backend.stats()
+        with _Inside(self):
+            counters = self._backend.stats()
         return PollStats(
             ring_events=counters.get("ring_events", 0),
             sleeps=counters.get("sleeps", 0),
@@ -535,30 +650,45 @@ class epoll:
 
     def _check_open(self) -> None:
         if self._closed:
-            if self._in_fork_child:
-                _forked_poll()
-            if self._fd_gone:
-                # Another object over the same fd number closed it (fromfd), as the stdlib.
-                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-            raise ValueError("I/O operation on closed epoll object")
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        """What every call raises once close() began (or the backend went at exit)."""
+        if self._in_fork_child:
+            _forked_poll()
+        if self._fd_gone:
+            # Another object over the same fd number closed it (fromfd), as the stdlib.
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        raise ValueError("I/O operation on closed epoll object")
+
+    def _raise_gone(self) -> None:
+        """The backend is closed or closing: by close() (ValueError), or under a live
+        object (exit-time finalizers: OSError(EBADF), as a select.epoll whose fd went)."""
+        if self._closed:
+            self._raise_closed()
+        raise closed_error()
 
     def _forked(self) -> None:
         """In a fork child: this object belongs to the parent; fail clearly from now on."""
         self._finalizer.detach()
         self._in_fork_child = True
+        self._share.after_fork_in_child()
         self._backend.after_fork_in_child()
         self._closed = True
         self._update_paths()
         self._poll_bound = _forked_poll
         self._into_cache = self._into_fast = (None, None)
-        self._pairs_key = self._pairs_binding = None
+        self._pairs_cache = (None, None)
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
-        self._check_open()
         fd = _as_fd(fd)
         if not isinstance(eventmask, int):
             raise TypeError("eventmask must be an integer")
         eventmask &= 0xFFFFFFFF
+        with _Inside(self):
+            self._ctl_inside(op, fd, eventmask, data)
+
+    def _ctl_inside(self, op: int, fd: int, eventmask: int, data: int | None) -> None:
         old_data = self._data_of_fd.get(fd)
         if data is None:
             data = old_data if (op == abi.EPOLL_CTL_MOD and old_data is not None) else fd
@@ -647,8 +777,10 @@ class epoll:
             n = self._poll_bound(binding, tns)
         if n >= 0:
             return n
-        if n == -errno.EBADF and self._closed:
-            self._check_open()
+        if self._closed or self._share.closing:
+            # close() began while we were in C: the consumer returned -EBADF, or the
+            # producer it would have waited for had already stopped (-EPIPE).
+            self._raise_gone()
         if n == -errno.EBADMSG:
             raise self._backend.corrupt_error()
         raise os_error(n)
