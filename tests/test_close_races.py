@@ -158,3 +158,39 @@ def test_every_method_racing_close_raises_only_value_error(backend: str) -> None
         pytest.fail(f"the child died of {signal.Signals(-proc.returncode).name}:\n{output}")
     assert proc.returncode == 0, output
     assert " rounds" in proc.stdout
+
+
+EXIT_WITH_BLOCKED_DAEMONS = textwrap.dedent(
+    r"""
+    import sys, threading, time
+    import numpy as np
+    import uring_epoll
+
+    started = []
+    keep = []
+    for backend in sys.argv[1].split(","):
+        ep = uring_epoll.epoll(backend=backend)
+        keep.append(ep)
+        buf = np.zeros(4, uring_epoll.EVENT_DTYPE)
+        for target, args in ((ep.poll, ()), (ep.poll, (None, 8)), (ep.poll_into, (buf,))):
+            t = threading.Thread(target=target, args=args, daemon=True)
+            t.start()
+            started.append(t)
+    time.sleep(0.2)  # let them block in C
+    print("exiting", flush=True)
+    """
+)
+
+
+def test_daemon_threads_blocked_in_poll_exit_quietly() -> None:
+    """Daemon threads asleep in poll(None) at interpreter exit print nothing, as with
+    select.epoll (whose threads sleep on in epoll_wait until the process is gone)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_BLOCKED_DAEMONS, ",".join(ALL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "exiting\n"
+    assert proc.stderr == ""

@@ -508,7 +508,7 @@ class epoll:
             except OSError as exc:
                 # Its epoll_wait ran on the fd a close() on another thread had just closed.
                 if exc.errno == errno.EBADF and (self._closed or self._share.closing):
-                    self._raise_gone()
+                    self._poll_gone()
                 raise
         if self._rearm:
             with _Inside(self):
@@ -661,6 +661,23 @@ class epoll:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         raise ValueError("I/O operation on closed epoll object")
 
+    def _poll_gone(self) -> None:
+        """A poll that found the backend closed: ValueError after close(); at exit, sleep.
+
+        A backend closed under an object nobody closed is the exit-time finalizers' doing,
+        and a thread other than the main one still polling then is a daemon thread (the
+        others were joined first). select.epoll's would sleep on in epoll_wait until the
+        process is gone, silently; ours was woken by the close, so it sleeps here instead
+        of printing a traceback for every such thread.
+        """
+        if (
+            not self._closed
+            and self._share.closing
+            and threading.current_thread() is not threading.main_thread()
+        ):
+            threading.Event().wait()
+        self._raise_gone()
+
     def _raise_gone(self) -> None:
         """The backend is closed or closing: by close() (ValueError), or under a live
         object (exit-time finalizers: OSError(EBADF), as a select.epoll whose fd went)."""
@@ -780,7 +797,7 @@ class epoll:
         if self._closed or self._share.closing:
             # close() began while we were in C: the consumer returned -EBADF, or the
             # producer it would have waited for had already stopped (-EPIPE).
-            self._raise_gone()
+            self._poll_gone()
         if n == -errno.EBADMSG:
             raise self._backend.corrupt_error()
         raise os_error(n)
