@@ -460,9 +460,10 @@ class epoll:
         start = _now() if tns > 0 else 0
         n = self._poll_bound(binding[0], tns)
         if n <= 0:
-            if n == 0:
-                return []
-            n = self._poll_error(n, tns, start, binding[0])
+            if n < 0:
+                n = self._poll_error(n, tns, start, binding[0])
+            if n == 0 and tns > 0:
+                n = self._last_look(binding[0])
             if n == 0:
                 return []
         mv_data, mv_events = binding[1], binding[2]
@@ -549,8 +550,11 @@ class epoll:
         tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
         start = _now() if tns > 0 else 0  # as in _pairs
         n: int = self._poll_bound(cache[1], tns)
-        if n < 0:
-            return self._poll_error(n, tns, start, cache[1])
+        if n <= 0:
+            if n < 0:
+                n = self._poll_error(n, tns, start, cache[1])
+            if n == 0 and tns > 0:
+                n = self._last_look(cache[1])
         return n
 
     def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
@@ -567,6 +571,8 @@ class epoll:
         n: int = self._poll_bound(cache[1], tns)
         if n < 0:
             n = self._poll_error(n, tns, start, cache[1])
+        if n == 0 and tns > 0:
+            n = self._last_look(cache[1])
         if self._lt and n:
             data = buffer["data"][:n].tolist()
             if self._fd_of_data:
@@ -777,6 +783,16 @@ class epoll:
                 # Closed or unregistered since it was delivered: nothing left to re-arm.
                 if exc.errno not in (errno.ENOENT, errno.EBADF):
                     raise
+
+    def _last_look(self, binding: Any) -> int:
+        """After a timed wait ran out: one more drain that cannot wait.
+
+        With timeout 0 the emulator first publishes what its poller thread has not yet, so
+        an event made ready before poll() was called is never missed, however short the
+        timeout (select.epoll waits at least a millisecond; poll(1e-9) waits 1 ns).
+        """
+        n: int = self._poll_bound(binding, 0)
+        return self._poll_error(n, 0, 0, binding) if n < 0 else n
 
     def _poll_error(self, n: int, tns: int, start: int, binding: Any) -> int:
         """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption.
