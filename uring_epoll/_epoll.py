@@ -39,8 +39,22 @@ from .backends.base import closed_error
 
 _DEFAULT_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT
 _FD_SETSIZE = 1024
-_MAX_EVENTS = 1 << 24  # what one call's result arrays may hold (~200 MiB)
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_EPOLL_EVENT_SIZE = 12  # sizeof(struct epoll_event) on x86-64 (packed)
+_EP_MAX_EVENTS = _INT_MAX // _EPOLL_EVENT_SIZE  # the kernel's epoll_wait maxevents limit
+_NS_MIN = -(2**63)  # _PyTime_t
+# What the kernel lets EPOLLEXCLUSIVE be combined with (EPOLLEXCLUSIVE_OK_BITS).
+_EXCLUSIVE_OK = (
+    select.EPOLLIN
+    | select.EPOLLOUT
+    | select.EPOLLERR
+    | select.EPOLLHUP
+    | abi.EPOLLWAKEUP
+    | abi.EPOLLET
+    | abi.EPOLLEXCLUSIVE
+)
 DEFAULT_MAX_ITEMS = 1024
+_NO_KEY = object()  # the poll() cache's key when it has no binding: no argument is this
 
 _live: weakref.WeakSet[epoll] = weakref.WeakSet()
 _now = time.monotonic_ns
@@ -186,6 +200,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _c_int(value: Any) -> int:
+    """CPython's ``int`` argument conversion (_PyLong_AsInt): __index__, then a C int."""
+    number: int = operator.index(value)
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return number
+
+
 def _as_fd(obj: Any) -> int:
     """Like CPython's PyObject_AsFileDescriptor: an int, or an object with fileno()."""
     if isinstance(obj, int):
@@ -196,28 +218,38 @@ def _as_fd(obj: Any) -> int:
             raise TypeError("fileno() returned a non-integer")
     else:
         raise TypeError("argument must be an int, or have a fileno() method.")
+    fd = _c_int(fd)
     if fd < 0:
         raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
     return fd
 
 
 def _timeout_ns(timeout: Any) -> int:
-    """select.epoll's timeout rules: None or negative = forever, seconds otherwise."""
+    """select.epoll's timeout rules, errors included: None, or fewer than 0 whole
+    milliseconds, is forever (-1); else nanoseconds (never fewer than asked for)."""
     if timeout is None:
         return -1
-    if isinstance(timeout, float) and math.isnan(timeout):
-        raise ValueError("Invalid value NaN (not a number)")
-    try:
-        # Like CPython's _PyTime_FromSecondsObject: a float, or an int (via __index__); never
-        # a str or bytes that float() would parse.
-        seconds = float(timeout) if isinstance(timeout, float) else operator.index(timeout)
-    except TypeError:
-        raise TypeError("timeout must be an integer or None") from None
-    if seconds < 0:
-        return -1
-    if seconds * 1e9 > 2**62:
+    if isinstance(timeout, float):  # _PyTime_FromSecondsObject's float half
+        if math.isnan(timeout):
+            raise ValueError("Invalid value NaN (not a number)")
+        d = timeout * 1e9
+        if not _NS_MIN <= d < -_NS_MIN:  # infinities included
+            raise OverflowError("timestamp out of range for platform time_t")
+        ns = math.ceil(d) if d >= 0 else math.floor(d)  # away from zero
+    else:  # its integer half: __index__ (never a str that float() would parse)
+        try:
+            seconds = operator.index(timeout)
+        except TypeError:
+            raise TypeError("timeout must be an integer or None") from None
+        ns = seconds * 1_000_000_000
+        if not _NS_MIN <= ns <= -_NS_MIN - 1:
+            raise OverflowError("timestamp too large to convert to C _PyTime_t")
+    # select.epoll then wants milliseconds (the ceiling) in a C int: so -1e-9 is no
+    # wait at all, and -1e-3 is for ever.
+    ms = -(-ns // 1_000_000)
+    if not _INT_MIN <= ms <= _INT_MAX:
         raise OverflowError("timeout is too large")
-    return math.ceil(seconds * 1e9)
+    return -1 if ms < 0 else max(ns, 0)
 
 
 @dataclass(frozen=True)
@@ -273,12 +305,13 @@ class epoll:
         _share: _Share | None = None,
         _fd: int = -1,
     ) -> None:
-        if not isinstance(sizehint, int) or not isinstance(flags, int):
-            raise TypeError("sizehint and flags must be integers")
+        # select.epoll's checks, in its order and with its errors.
+        sizehint = _c_int(sizehint)
+        flags = _c_int(flags)
         if sizehint == 0 or sizehint < -1:
             raise ValueError("negative sizehint")
         if flags and flags != select.EPOLL_CLOEXEC:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise OSError("invalid flags")
         if protocol not in abi.PROTOCOLS:
             raise ValueError(f"protocol must be 5 or 3, got {protocol!r}")
         if spin_us < 0:
@@ -323,7 +356,7 @@ class epoll:
         self._into_fast: tuple[Any, ...] = (None, None)
         # (maxevents, binding): one attribute, so that a poll racing close() never pairs
         # a key with another binding (or with None).
-        self._pairs_cache: tuple[Any, Any] = (None, None)
+        self._pairs_cache: tuple[Any, Any] = (_NO_KEY, None)
         self._pairs_lock = threading.Lock()
         # poll() and poll_into() take their fast path unless these are set: closed object,
         # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
@@ -411,7 +444,7 @@ class epoll:
         self._closed = True
         self._update_paths()
         self._into_cache = self._into_fast = (None, None)
-        self._pairs_cache = (None, None)
+        self._pairs_cache = (_NO_KEY, None)
         self._share.objects.discard(self)
         self._finalizer()
         _live.discard(self)
@@ -445,16 +478,27 @@ class epoll:
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
         """Wait for events, as ``select.epoll.poll``: a list of ``(fd, events)``."""
         key, binding = self._pairs_cache
-        if maxevents != key or self._slow or not self._pairs_lock.acquire(False):
+        if (
+            # The same int object as last time needs no check; an equal one must be an int
+            # (4.0 == 4, but select.epoll refuses a float).
+            (maxevents is not key and (maxevents.__class__ is not int or maxevents != key))
+            or self._slow
+            or not self._pairs_lock.acquire(False)
+        ):
             return self._poll_slow(timeout, maxevents)
         try:
-            return self._pairs(binding, timeout)
+            if timeout is None:
+                tns = -1
+            elif timeout == 0 and (timeout.__class__ is int or timeout.__class__ is float):
+                tns = 0  # not Decimal(0), 0j or Fraction(0): select.epoll refuses those
+            else:
+                tns = _timeout_ns(timeout)
+            return self._pairs(binding, tns)
         finally:
             self._pairs_lock.release()
 
-    def _pairs(self, binding: tuple[Any, ...], timeout: Any) -> list[tuple[int, int]]:
+    def _pairs(self, binding: tuple[Any, ...], tns: int) -> list[tuple[int, int]]:
         """One drain into a binding's split arrays, turned into (fd, events) tuples."""
-        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
         # The start of a timed wait, for the deadline an EINTR retry needs (one vDSO clock
         # read, and only when there is a timeout to keep).
         start = _now() if tns > 0 else 0
@@ -496,13 +540,23 @@ class epoll:
         )
         return (binding, data.data, events.data, data_ptr, events_ptr, memory)
 
-    def _poll_slow(self, timeout: Any, maxevents: int) -> list[tuple[int, int]]:
+    def _poll_slow(self, timeout: Any, maxevents: Any) -> list[tuple[int, int]]:
         """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""
+        # select.epoll's checks, in its order and with its errors.
+        maxevents = _c_int(maxevents)
         self._check_open()
-        if not isinstance(maxevents, int):
-            raise TypeError("maxevents must be an integer")
+        tns = _timeout_ns(timeout)
         if maxevents != -1 and maxevents <= 0:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
+        count = _FD_SETSIZE - 1 if maxevents == -1 else maxevents
+        if count > _EP_MAX_EVENTS:
+            # select.epoll allocates that many events (MemoryError if it cannot), and then
+            # epoll_wait refuses more than it can copy out (EINVAL).
+            try:
+                np.empty(count * _EPOLL_EVENT_SIZE, np.uint8)
+            except MemoryError:
+                raise MemoryError from None  # the plain one, not numpy's subclass
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         if not self._ring and not self._fd_of_data:
             try:
                 return self._stdlib(timeout, maxevents)  # its data is the fd: no mapping
@@ -514,23 +568,18 @@ class epoll:
         if self._rearm:
             with _Inside(self):
                 self._do_rearm()
-        if maxevents > 2**31 - 1:  # what select.epoll says for a value beyond a C int
-            raise OverflowError("Python int too large to convert to C int")
-        if maxevents > _MAX_EVENTS:
-            raise ValueError(f"maxevents is too large ({maxevents} > {_MAX_EVENTS})")
-        count = _FD_SETSIZE - 1 if maxevents == -1 else int(maxevents)  # int(): True is 1
         if self._pairs_lock.acquire(False):
             try:
                 key, binding = self._pairs_cache
                 if key != maxevents:
                     binding = self._pairs_binding_for(count)
                     self._pairs_cache = (maxevents, binding)
-                result = self._pairs(binding, timeout)
+                result = self._pairs(binding, tns)
             finally:
                 self._pairs_lock.release()
         else:
             # Another thread is polling with the shared arrays: use arrays of our own.
-            result = self._pairs(self._pairs_binding_for(count), timeout)
+            result = self._pairs(self._pairs_binding_for(count), tns)
         if self._lt:
             self._note_lt([fd for fd, _ in result])
         self._update_paths()
@@ -547,7 +596,12 @@ class epoll:
         cache = self._into_fast  # (None, ...) whenever the slow path must run
         if buffer is not cache[0]:
             return self._poll_into_slow(buffer, timeout)
-        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
+        if timeout is None:
+            tns = -1
+        elif timeout == 0 and (timeout.__class__ is int or timeout.__class__ is float):
+            tns = 0  # as in poll()
+        else:
+            tns = _timeout_ns(timeout)
         start = _now() if tns > 0 else 0  # as in _pairs
         n: int = self._poll_bound(cache[1], tns)
         if n <= 0:
@@ -701,13 +755,13 @@ class epoll:
         self._update_paths()
         self._poll_bound = _forked_poll
         self._into_cache = self._into_fast = (None, None)
-        self._pairs_cache = (None, None)
+        self._pairs_cache = (_NO_KEY, None)
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
+        # select.epoll's conversions (an unsigned int mask keeps its low 32 bits), then
+        # its closed check.
         fd = _as_fd(fd)
-        if not isinstance(eventmask, int):
-            raise TypeError("eventmask must be an integer")
-        eventmask &= 0xFFFFFFFF
+        eventmask = operator.index(eventmask) & 0xFFFFFFFF
         with _Inside(self):
             self._ctl_inside(op, fd, eventmask, data)
 
@@ -718,6 +772,13 @@ class epoll:
         elif not isinstance(data, int) or not 0 <= data < 2**64:
             raise ValueError(f"data must be an integer in 0..2**64-1, got {data!r}")
         if self._ring and eventmask & abi.EPOLLEXCLUSIVE:
+            if op == abi.EPOLL_CTL_MOD or eventmask & ~_EXCLUSIVE_OK:
+                # What a stock kernel refuses, it refuses with its own errno (EBADF for a
+                # bad fd before EINVAL, ...): ask one, on a scratch epoll.
+                with select.epoll() as scratch:
+                    if op == abi.EPOLL_CTL_MOD:
+                        scratch.modify(fd, eventmask)
+                    scratch.register(fd, eventmask)
             raise ValueError(
                 "EPOLLEXCLUSIVE cannot be used on a ring backend: the EPOLL_USERPOLL RFC "
                 "rejects it (EINVAL), as exclusive wake-ups have no meaning for a shared ring"
@@ -728,7 +789,8 @@ class epoll:
                 raise ValueError(f"data {data} is already used by fd {owner} on this epoll object")
             self._drop_closed(owner)  # its file was closed: the kernel dropped it
         level = not eventmask & abi.EPOLLET
-        mask = eventmask | abi.EPOLLET if self._ring else eventmask
+        # EPOLLREMOVED is the ring's own bit: a stock kernel ignores it in a mask, so do we.
+        mask = (eventmask | abi.EPOLLET) & ~abi.EPOLLREMOVED if self._ring else eventmask
         try:
             self._backend.ctl(op, fd, mask, data)
         except OSError as exc:
