@@ -229,6 +229,12 @@ def _timeout_ns(timeout: Any) -> int:
     milliseconds, is forever (-1); else nanoseconds (never fewer than asked for)."""
     if timeout is None:
         return -1
+    # The common cases first: a plain int or float of seconds, well within every limit.
+    if timeout.__class__ is int:
+        if 0 <= timeout <= 2_000_000:
+            return timeout * 1_000_000_000
+    elif timeout.__class__ is float and 0.0 <= timeout <= 2_000_000.0:  # NaN is not
+        return math.ceil(timeout * 1e9)
     if isinstance(timeout, float):  # _PyTime_FromSecondsObject's float half
         if math.isnan(timeout):
             raise ValueError("Invalid value NaN (not a number)")
@@ -543,7 +549,8 @@ class epoll:
     def _poll_slow(self, timeout: Any, maxevents: Any) -> list[tuple[int, int]]:
         """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""
         # select.epoll's checks, in its order and with its errors.
-        maxevents = _c_int(maxevents)
+        if maxevents.__class__ is not int or not _INT_MIN <= maxevents <= _INT_MAX:
+            maxevents = _c_int(maxevents)
         self._check_open()
         tns = _timeout_ns(timeout)
         if maxevents != -1 and maxevents <= 0:
