@@ -54,6 +54,7 @@ _EXCLUSIVE_OK = (
     | abi.EPOLLEXCLUSIVE
 )
 DEFAULT_MAX_ITEMS = 1024
+_ZERO = 0  # the int 0 object: a timeout that is this one needs no conversion
 _NO_KEY = object()  # the poll() cache's key when it has no binding: no argument is this
 
 _live: weakref.WeakSet[epoll] = weakref.WeakSet()
@@ -493,12 +494,9 @@ class epoll:
         ):
             return self._poll_slow(timeout, maxevents)
         try:
-            if timeout is None:
-                tns = -1
-            elif timeout == 0 and (timeout.__class__ is int or timeout.__class__ is float):
-                tns = 0  # not Decimal(0), 0j or Fraction(0): select.epoll refuses those
-            else:
-                tns = _timeout_ns(timeout)
+            # 0 is the int 0 itself (CPython has one); an equal Decimal(0), 0j or
+            # Fraction(0) goes through the checks, which refuse them as select.epoll does.
+            tns = -1 if timeout is None else 0 if timeout is _ZERO else _timeout_ns(timeout)
             return self._pairs(binding, tns)
         finally:
             self._pairs_lock.release()
@@ -603,12 +601,7 @@ class epoll:
         cache = self._into_fast  # (None, ...) whenever the slow path must run
         if buffer is not cache[0]:
             return self._poll_into_slow(buffer, timeout)
-        if timeout is None:
-            tns = -1
-        elif timeout == 0 and (timeout.__class__ is int or timeout.__class__ is float):
-            tns = 0  # as in poll()
-        else:
-            tns = _timeout_ns(timeout)
+        tns = -1 if timeout is None else 0 if timeout is _ZERO else _timeout_ns(timeout)
         start = _now() if tns > 0 else 0  # as in _pairs
         n: int = self._poll_bound(cache[1], tns)
         if n <= 0:
