@@ -1080,3 +1080,22 @@ def test_data_of_a_closed_registration_can_be_reused(backend) -> None:
             for fd in (a, b):
                 if fd >= 0:
                     os.close(fd)
+
+
+@all_backends
+@pytest.mark.parametrize("timeout", [1e-9, 1e-6, 0.0001])
+def test_a_short_timeout_never_misses_an_event_ready_before_the_call(backend, timeout) -> None:
+    """select.epoll waits at least a millisecond; ours waits what it is told, down to 1 ns,
+    but an event whose write returned before poll() was called is always in the result."""
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    buf = np.zeros(4, EVENT_DTYPE)
+    try:
+        with uring_epoll.epoll(backend=backend) as ep:
+            ep.register(efd, ET_IN)
+            for _ in range(200):
+                os.eventfd_write(efd, 1)
+                assert ep.poll(timeout) == [(efd, EPOLLIN)]
+                os.eventfd_write(efd, 1)
+                assert ep.poll_into(buf, timeout) == 1
+    finally:
+        os.close(efd)

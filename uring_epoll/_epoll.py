@@ -36,11 +36,27 @@ import numpy as np
 
 from . import abi, backends, probe
 from ._native_lib import ffi, lib, os_error
+from .backends.base import closed_error
 
 _DEFAULT_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT
 _FD_SETSIZE = 1024
-_MAX_EVENTS = 1 << 24  # what one call's result arrays may hold (~200 MiB)
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_EPOLL_EVENT_SIZE = 12  # sizeof(struct epoll_event) on x86-64 (packed)
+_EP_MAX_EVENTS = _INT_MAX // _EPOLL_EVENT_SIZE  # the kernel's epoll_wait maxevents limit
+_NS_MIN = -(2**63)  # _PyTime_t
+# What the kernel lets EPOLLEXCLUSIVE be combined with (EPOLLEXCLUSIVE_OK_BITS).
+_EXCLUSIVE_OK = (
+    select.EPOLLIN
+    | select.EPOLLOUT
+    | select.EPOLLERR
+    | select.EPOLLHUP
+    | abi.EPOLLWAKEUP
+    | abi.EPOLLET
+    | abi.EPOLLEXCLUSIVE
+)
 DEFAULT_MAX_ITEMS = 1024
+_ZERO = 0  # the int 0 object: a timeout that is this one needs no conversion
+_NO_KEY = object()  # the poll() cache's key when it has no binding: no argument is this
 
 _live: weakref.WeakSet[epoll] = weakref.WeakSet()
 _now = time.monotonic_ns
@@ -70,22 +86,113 @@ class _Share:
     ours. Wrapping that fd anew would lose events on the thread backend (its poller alone
     consumes the inner epoll's events) and, on any backend, the registrations' data and
     level-triggered re-arms, which live here. The last object to go closes the backend.
+
+    Closing while other threads use the backend: every call into the backend but the
+    drain itself (ctl, stats, views, fileno checks, binding) runs between :meth:`enter` and
+    :meth:`leave`, and :meth:`shut` closes the backend only once no other thread is between
+    them, so a C producer is never freed under a call (calls are short: nothing between
+    them blocks). The drain is not counted here, as it may sleep for ever: the C consumer
+    counts its own callers, wakes them on close (thread backend) and returns -EBADF from
+    then on, and each binding keeps the memory it points into alive.
     """
 
     def __init__(self, backend: backends.Backend) -> None:
         self.backend = backend
         self.users = 0
+        self.dead = False  # the last user left: nobody may join any more
         self.lock = threading.Lock()
+        # The lifecycle guard: threads inside the backend (thread id -> depth), and
+        # whether the backend is closing / closed.
+        self.gate = threading.Condition(threading.Lock())
+        self.inside: dict[int, int] = {}
+        self.closing = False
+        self.backend_closed = False
         self.data_of_fd: dict[int, int] = {}  # every registration, fd -> data
         self.fd_of_data: dict[int, int] = {}  # only registrations whose data != fd
         self.lt: dict[int, tuple[int, int]] = {}  # level-triggered ring registrations
         self.rearm: list[int] = []  # delivered LT registrations to re-arm at the next poll
         self.objects: weakref.WeakSet[epoll] = weakref.WeakSet()
 
-    def join(self, ep: epoll) -> None:
+    def join(self, ep: epoll) -> bool:
+        """Count *ep* as a user; False if the backend is already going (last user left)."""
         with self.lock:
+            if self.dead:
+                return False
             self.users += 1
             self.objects.add(ep)
+            return True
+
+    def enter(self) -> bool:
+        """Count this thread as inside the backend; False once it is closing."""
+        tid = threading.get_ident()
+        with self.gate:
+            if self.closing:
+                return False
+            self.inside[tid] = self.inside.get(tid, 0) + 1
+            return True
+
+    def leave(self) -> None:
+        tid = threading.get_ident()
+        with self.gate:
+            depth = self.inside[tid] - 1
+            if depth:
+                self.inside[tid] = depth
+            else:
+                del self.inside[tid]
+            if not self.closing:
+                return
+            self.gate.notify_all()
+            last = not self.inside and not self.backend_closed
+            self.backend_closed = self.backend_closed or last
+        if last:
+            self.backend.close()  # shut() left it to us: this thread was inside (a signal)
+
+    def shut(self) -> None:
+        """Close the backend once no other thread is inside it.
+
+        If this very thread is inside (close() from a signal handler or a finalizer that
+        interrupted a call), waiting would deadlock: the last :meth:`leave` closes it.
+        """
+        tid = threading.get_ident()
+        with self.gate:
+            self.closing = True
+            self.gate.wait_for(lambda: self.inside.keys() <= {tid})
+            if self.inside or self.backend_closed:
+                return
+            self.backend_closed = True
+        self.backend.close()
+
+    def after_fork_in_child(self) -> None:
+        """The parent's threads are gone: so is what they held of the guard."""
+        self.gate = threading.Condition(threading.Lock())
+        self.inside = {}
+        self.lock = threading.Lock()
+
+
+class _Inside:
+    """``with _Inside(ep):`` -- a call into the backend, which close() waits for.
+
+    Raises what a closed object raises (ValueError) if the object is closed, and
+    OSError(EBADF) if its backend was closed under it (finalizers at exit), as select.epoll
+    does once its fd is closed under it (selectors swallow that one at teardown).
+    """
+
+    __slots__ = ("ep",)
+
+    def __init__(self, ep: epoll) -> None:
+        self.ep = ep
+
+    def __enter__(self) -> None:
+        ep = self.ep
+        ep._check_open()  # first, without the guard: a fork child never touches its locks
+        if not ep._share.enter():
+            ep._raise_gone()
+        if ep._closed:
+            ep._share.leave()
+            ep._check_open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ep._share.leave()
 
 
 def _release(share: _Share, own_fd: int) -> None:
@@ -99,8 +206,9 @@ def _release(share: _Share, own_fd: int) -> None:
     with share.lock:
         share.users -= 1
         last = share.users == 0
+        share.dead = share.dead or last
     if last:
-        share.backend.close()
+        share.shut()
 
 
 def _after_fork_in_child() -> None:
@@ -109,6 +217,14 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _c_int(value: Any) -> int:
+    """CPython's ``int`` argument conversion (_PyLong_AsInt): __index__, then a C int."""
+    number: int = operator.index(value)
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return number
 
 
 def _as_fd(obj: Any) -> int:
@@ -121,28 +237,44 @@ def _as_fd(obj: Any) -> int:
             raise TypeError("fileno() returned a non-integer")
     else:
         raise TypeError("argument must be an int, or have a fileno() method.")
+    fd = _c_int(fd)
     if fd < 0:
         raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
     return fd
 
 
 def _timeout_ns(timeout: Any) -> int:
-    """select.epoll's timeout rules: None or negative = forever, seconds otherwise."""
+    """select.epoll's timeout rules, errors included: None, or fewer than 0 whole
+    milliseconds, is forever (-1); else nanoseconds (never fewer than asked for)."""
     if timeout is None:
         return -1
-    if isinstance(timeout, float) and math.isnan(timeout):
-        raise ValueError("Invalid value NaN (not a number)")
-    try:
-        # Like CPython's _PyTime_FromSecondsObject: a float, or an int (via __index__); never
-        # a str or bytes that float() would parse.
-        seconds = float(timeout) if isinstance(timeout, float) else operator.index(timeout)
-    except TypeError:
-        raise TypeError("timeout must be an integer or None") from None
-    if seconds < 0:
-        return -1
-    if seconds * 1e9 > 2**62:
+    # The common cases first: a plain int or float of seconds, well within every limit.
+    if timeout.__class__ is int:
+        if 0 <= timeout <= 2_000_000:
+            return timeout * 1_000_000_000
+    elif timeout.__class__ is float and 0.0 <= timeout <= 2_000_000.0:  # NaN is not
+        return math.ceil(timeout * 1e9)
+    if isinstance(timeout, float):  # _PyTime_FromSecondsObject's float half
+        if math.isnan(timeout):
+            raise ValueError("Invalid value NaN (not a number)")
+        d = timeout * 1e9
+        if not _NS_MIN <= d < -_NS_MIN:  # infinities included
+            raise OverflowError("timestamp out of range for platform time_t")
+        ns = math.ceil(d) if d >= 0 else math.floor(d)  # away from zero
+    else:  # its integer half: __index__ (never a str that float() would parse)
+        try:
+            seconds = operator.index(timeout)
+        except TypeError:
+            raise TypeError("timeout must be an integer or None") from None
+        ns = seconds * 1_000_000_000
+        if not _NS_MIN <= ns <= -_NS_MIN - 1:
+            raise OverflowError("timestamp too large to convert to C _PyTime_t")
+    # select.epoll then wants milliseconds (the ceiling) in a C int: so -1e-9 is no
+    # wait at all, and -1e-3 is for ever.
+    ms = -(-ns // 1_000_000)
+    if not _INT_MIN <= ms <= _INT_MAX:
         raise OverflowError("timeout is too large")
-    return math.ceil(seconds * 1e9)
+    return -1 if ms < 0 else max(ns, 0)
 
 
 #: Most ``spin_us`` accepted (10 ms): a spin pays only while it is short against the sleep
@@ -215,12 +347,13 @@ class epoll:
         _share: _Share | None = None,
         _fd: int = -1,
     ) -> None:
-        if not isinstance(sizehint, int) or not isinstance(flags, int):
-            raise TypeError("sizehint and flags must be integers")
+        # select.epoll's checks, in its order and with its errors.
+        sizehint = _c_int(sizehint)
+        flags = _c_int(flags)
         if sizehint == 0 or sizehint < -1:
             raise ValueError("negative sizehint")
         if flags and flags != select.EPOLL_CLOEXEC:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise OSError("invalid flags")
         if protocol not in abi.PROTOCOLS:
             raise ValueError(f"protocol must be 5 or 3, got {protocol!r}")
         spin_ns = _spin_ns(spin_us)
@@ -262,8 +395,9 @@ class epoll:
         # binding was made for (length -1: its array cannot be checked in C, so never reused).
         self._into_cache: tuple[Any, ...] = _NO_BUFFER
         self._into_fast: tuple[Any, ...] = _NO_BUFFER
-        self._pairs_key: Any = None
-        self._pairs_binding: Any = None
+        # (maxevents, binding): one attribute, so that a poll racing close() never pairs
+        # a key with another binding (or with None).
+        self._pairs_cache: tuple[Any, Any] = (_NO_KEY, None)
         self._pairs_lock = threading.Lock()
         # poll() and poll_into() take their fast path unless these are set: closed object,
         # level-triggered ring registrations to re-arm, or (poll() only) the epoll backend.
@@ -272,7 +406,8 @@ class epoll:
             stdlib = backend_object.poll_pairs
             assert stdlib is not None, "a backend without a ring polls through select.epoll"
             self._stdlib = stdlib
-        share.join(self)
+        if not share.join(self):
+            return  # fromfd raced the last close of the share: stay closed (fromfd goes on)
         self._closed = False
         self._update_paths()
         self._finalizer = weakref.finalize(self, _release, share, own_fd)
@@ -297,8 +432,15 @@ class epoll:
             if id(share) in seen or other._closed:
                 continue
             seen.add(id(share))
-            if share.backend.shares_file(fd):
-                return cls(_share=share, _fd=fd)
+            if not share.enter():
+                continue  # closing: its fd is no longer ours to share
+            try:
+                if share.backend.shares_file(fd):
+                    ep = cls(_share=share, _fd=fd)
+                    if not ep._closed:
+                        return ep
+            finally:
+                share.leave()
         from .backends.epoll import EpollBackend
         from .backends.kernel import KernelBackend
 
@@ -318,8 +460,9 @@ class epoll:
 
     def fileno(self) -> int:
         """The epoll fd (thread backend: its inner epoll fd, or a dup given to fromfd)."""
+        fd = self._fileno
         self._check_open()
-        return self._fileno
+        return fd
 
     def close(self) -> None:
         """Stop the producer (thread backend), unmap the ring and close the fd. Idempotent.
@@ -341,7 +484,7 @@ class epoll:
         self._closed = True
         self._update_paths()
         self._into_cache = self._into_fast = _NO_BUFFER
-        self._pairs_key = self._pairs_binding = None
+        self._pairs_cache = (_NO_KEY, None)
         self._share.objects.discard(self)
         self._finalizer()
         _live.discard(self)
@@ -367,31 +510,41 @@ class epoll:
 
     def unregister(self, fd: Any) -> None:
         """Remove *fd*. A ring entry still pending for it is skipped (EPOLLREMOVED)."""
-        self._check_open()
         fd = _as_fd(fd)
-        self._backend.ctl(abi.EPOLL_CTL_DEL, fd, 0, 0)
-        self._forget(fd)
+        with _Inside(self):
+            self._backend.ctl(abi.EPOLL_CTL_DEL, fd, 0, 0)
+            self._forget(fd)
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
         """Wait for events, as ``select.epoll.poll``: a list of ``(fd, events)``."""
-        if maxevents != self._pairs_key or self._slow or not self._pairs_lock.acquire(False):
+        key, binding = self._pairs_cache
+        if (
+            # The same int object as last time needs no check; an equal one must be an int
+            # (4.0 == 4, but select.epoll refuses a float).
+            (maxevents is not key and (maxevents.__class__ is not int or maxevents != key))
+            or self._slow
+            or not self._pairs_lock.acquire(False)
+        ):
             return self._poll_slow(timeout, maxevents)
         try:
-            return self._pairs(self._pairs_binding, timeout)
+            # 0 is the int 0 itself (CPython has one); an equal Decimal(0), 0j or
+            # Fraction(0) goes through the checks, which refuse them as select.epoll does.
+            tns = -1 if timeout is None else 0 if timeout is _ZERO else _timeout_ns(timeout)
+            return self._pairs(binding, tns)
         finally:
             self._pairs_lock.release()
 
-    def _pairs(self, binding: tuple[Any, ...], timeout: Any) -> list[tuple[int, int]]:
+    def _pairs(self, binding: tuple[Any, ...], tns: int) -> list[tuple[int, int]]:
         """One drain into a binding's split arrays, turned into (fd, events) tuples."""
-        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
         # The start of a timed wait, for the deadline an EINTR retry needs (one vDSO clock
         # read, and only when there is a timeout to keep).
         start = _now() if tns > 0 else 0
         n = self._poll_bound(binding[0], tns)
         if n <= 0:
-            if n == 0:
-                return []
-            n = self._poll_error(n, tns, start, binding[0])
+            if n < 0:
+                n = self._poll_error(n, tns, start, binding[0])
+            if n == 0 and tns > 0:
+                n = self._last_look(binding[0])
             if n == 0:
                 return []
         mv_data, mv_events = binding[1], binding[2]
@@ -411,7 +564,8 @@ class epoll:
         data = np.zeros(count, np.uint64)
         events = np.zeros(count, np.uint32)
         data_ptr, events_ptr = ffi.from_buffer(data), ffi.from_buffer(events)
-        memory = self._backend.memory
+        with _Inside(self):
+            memory = self._backend.memory
         binding = ffi.new(
             "struct ue_binding *",
             {
@@ -423,33 +577,47 @@ class epoll:
         )
         return (binding, data.data, events.data, data_ptr, events_ptr, memory)
 
-    def _poll_slow(self, timeout: Any, maxevents: int) -> list[tuple[int, int]]:
+    def _poll_slow(self, timeout: Any, maxevents: Any) -> list[tuple[int, int]]:
         """Argument checks, LT re-arms and (re)binding; then the same drain as the fast path."""
+        # select.epoll's checks, in its order and with its errors.
+        if maxevents.__class__ is not int or not _INT_MIN <= maxevents <= _INT_MAX:
+            maxevents = _c_int(maxevents)
         self._check_open()
-        if not isinstance(maxevents, int):
-            raise TypeError("maxevents must be an integer")
+        tns = _timeout_ns(timeout)
         if maxevents != -1 and maxevents <= 0:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
+        count = _FD_SETSIZE - 1 if maxevents == -1 else maxevents
+        if count > _EP_MAX_EVENTS:
+            # select.epoll allocates that many events (MemoryError if it cannot), and then
+            # epoll_wait refuses more than it can copy out (EINVAL).
+            try:
+                np.empty(count * _EPOLL_EVENT_SIZE, np.uint8)
+            except MemoryError:
+                raise MemoryError from None  # the plain one, not numpy's subclass
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         if not self._ring and not self._fd_of_data:
-            return self._stdlib(timeout, maxevents)  # its data is the fd: no mapping
+            try:
+                return self._stdlib(timeout, maxevents)  # its data is the fd: no mapping
+            except OSError as exc:
+                # Its epoll_wait ran on the fd a close() on another thread had just closed.
+                if exc.errno == errno.EBADF and (self._closed or self._share.closing):
+                    self._poll_gone()
+                raise
         if self._rearm:
-            self._do_rearm()
-        if maxevents > 2**31 - 1:  # what select.epoll says for a value beyond a C int
-            raise OverflowError("Python int too large to convert to C int")
-        if maxevents > _MAX_EVENTS:
-            raise ValueError(f"maxevents is too large ({maxevents} > {_MAX_EVENTS})")
-        count = _FD_SETSIZE - 1 if maxevents == -1 else int(maxevents)  # int(): True is 1
+            with _Inside(self):
+                self._do_rearm()
         if self._pairs_lock.acquire(False):
             try:
-                if self._pairs_key != maxevents:
-                    self._pairs_binding = self._pairs_binding_for(count)
-                    self._pairs_key = maxevents
-                result = self._pairs(self._pairs_binding, timeout)
+                key, binding = self._pairs_cache
+                if key != maxevents:
+                    binding = self._pairs_binding_for(count)
+                    self._pairs_cache = (maxevents, binding)
+                result = self._pairs(binding, tns)
             finally:
                 self._pairs_lock.release()
         else:
             # Another thread is polling with the shared arrays: use arrays of our own.
-            result = self._pairs(self._pairs_binding_for(count), timeout)
+            result = self._pairs(self._pairs_binding_for(count), tns)
         if self._lt:
             self._note_lt([fd for fd, _ in result])
         self._update_paths()
@@ -466,13 +634,16 @@ class epoll:
         cache = self._into_fast  # (None, ...) whenever the slow path must run
         if buffer is not cache[0]:
             return self._poll_into_slow(buffer, timeout)
-        tns = -1 if timeout is None else 0 if timeout == 0 else _timeout_ns(timeout)
+        tns = -1 if timeout is None else 0 if timeout is _ZERO else _timeout_ns(timeout)
         start = _now() if tns > 0 else 0  # as in _pairs
         n: int = self._poll_bound(cache[1], tns)
-        if n < 0:
+        if n <= 0:
             if n == _MOVED:  # resized in place (or made read-only) since it was bound
                 return self._poll_into_slow(buffer, timeout)
-            return self._poll_error(n, tns, start, cache[1])
+            if n < 0:
+                n = self._poll_error(n, tns, start, cache[1])
+            if n == 0 and tns > 0:
+                n = self._last_look(cache[1])
         return n
 
     def _poll_into_slow(self, buffer: np.ndarray, timeout: Any) -> int:
@@ -482,7 +653,8 @@ class epoll:
             cache = self._into_cache = (buffer, *self._into_binding_for(buffer))
             self._update_paths()
         if self._rearm:
-            self._do_rearm()
+            with _Inside(self):
+                self._do_rearm()
         tns = -1 if timeout is None else _timeout_ns(timeout)
         start = _now() if tns > 0 else 0
         n: int = self._poll_bound(cache[1], tns)
@@ -492,6 +664,8 @@ class epoll:
             n = self._poll_bound(cache[1], tns)
         if n < 0:
             n = self._poll_error(n, tns, start, cache[1])
+        if n == 0 and tns > 0:
+            n = self._last_look(cache[1])
         if self._lt and n:
             data = buffer["data"][:n].tolist()
             if self._fd_of_data:
@@ -510,7 +684,8 @@ class epoll:
         if len(buffer) == 0:
             raise ValueError("buffer must hold at least one event")
         ptr = ffi.from_buffer(buffer)
-        memory = self._backend.memory
+        with _Inside(self):
+            memory = self._backend.memory
         fields = {
             "consumer": memory[0],
             "out": ptr,
@@ -538,26 +713,26 @@ class epoll:
     @property
     def header(self) -> np.ndarray | None:
         """Read-only view of the ring header (``HEADER_DTYPE``); None on the epoll backend."""
-        self._check_open()
-        return self._backend.header
+        with _Inside(self):
+            return self._backend.header
 
     @property
     def items(self) -> np.ndarray | None:
         """Read-only view of the shared items (``ITEM_DTYPE``), indexed by slot number."""
-        self._check_open()
-        return self._backend.items
+        with _Inside(self):
+            return self._backend.items
 
     @property
     def index(self) -> np.ndarray | None:
         """Read-only view of the index ring (u32 slots)."""
-        self._check_open()
-        return self._backend.index
+        with _Inside(self):
+            return self._backend.index
 
     @property
     def stats(self) -> PollStats:
         """Counters: ring events, sleeps, ESTALE returns, spins, LT re-arms."""
-        self._check_open()
-        counters = self._backend.stats()
+        with _Inside(self):
+            counters = self._backend.stats()
         return PollStats(
             ring_events=counters.get("ring_events", 0),
             sleeps=counters.get("sleeps", 0),
@@ -588,36 +763,75 @@ class epoll:
 
     def _check_open(self) -> None:
         if self._closed:
-            if self._in_fork_child:
-                _forked_poll()
-            if self._fd_gone:
-                # Another object over the same fd number closed it (fromfd), as the stdlib.
-                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-            raise ValueError("I/O operation on closed epoll object")
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        """What every call raises once close() began (or the backend went at exit)."""
+        if self._in_fork_child:
+            _forked_poll()
+        if self._fd_gone:
+            # Another object over the same fd number closed it (fromfd), as the stdlib.
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        raise ValueError("I/O operation on closed epoll object")
+
+    def _poll_gone(self) -> None:
+        """A poll that found the backend closed: ValueError after close(); at exit, sleep.
+
+        A backend closed under an object nobody closed is the exit-time finalizers' doing,
+        and a thread other than the main one still polling then is a daemon thread (the
+        others were joined first). select.epoll's would sleep on in epoll_wait until the
+        process is gone, silently; ours was woken by the close, so it sleeps here instead
+        of printing a traceback for every such thread.
+        """
+        if (
+            not self._closed
+            and self._share.closing
+            and threading.current_thread() is not threading.main_thread()
+        ):
+            threading.Event().wait()
+        self._raise_gone()
+
+    def _raise_gone(self) -> None:
+        """The backend is closed or closing: by close() (ValueError), or under a live
+        object (exit-time finalizers: OSError(EBADF), as a select.epoll whose fd went)."""
+        if self._closed:
+            self._raise_closed()
+        raise closed_error()
 
     def _forked(self) -> None:
         """In a fork child: this object belongs to the parent; fail clearly from now on."""
         self._finalizer.detach()
         self._in_fork_child = True
+        self._share.after_fork_in_child()
         self._backend.after_fork_in_child()
         self._closed = True
         self._update_paths()
         self._poll_bound = _forked_poll
         self._into_cache = self._into_fast = _NO_BUFFER
-        self._pairs_key = self._pairs_binding = None
+        self._pairs_cache = (_NO_KEY, None)
 
     def _ctl(self, op: int, fd: Any, eventmask: int, data: int | None) -> None:
-        self._check_open()
+        # select.epoll's conversions (an unsigned int mask keeps its low 32 bits), then
+        # its closed check.
         fd = _as_fd(fd)
-        if not isinstance(eventmask, int):
-            raise TypeError("eventmask must be an integer")
-        eventmask &= 0xFFFFFFFF
+        eventmask = operator.index(eventmask) & 0xFFFFFFFF
+        with _Inside(self):
+            self._ctl_inside(op, fd, eventmask, data)
+
+    def _ctl_inside(self, op: int, fd: int, eventmask: int, data: int | None) -> None:
         old_data = self._data_of_fd.get(fd)
         if data is None:
             data = old_data if (op == abi.EPOLL_CTL_MOD and old_data is not None) else fd
         elif not isinstance(data, int) or not 0 <= data < 2**64:
             raise ValueError(f"data must be an integer in 0..2**64-1, got {data!r}")
         if self._ring and eventmask & abi.EPOLLEXCLUSIVE:
+            if op == abi.EPOLL_CTL_MOD or eventmask & ~_EXCLUSIVE_OK:
+                # What a stock kernel refuses, it refuses with its own errno (EBADF for a
+                # bad fd before EINVAL, ...): ask one, on a scratch epoll.
+                with select.epoll() as scratch:
+                    if op == abi.EPOLL_CTL_MOD:
+                        scratch.modify(fd, eventmask)
+                    scratch.register(fd, eventmask)
             raise ValueError(
                 "EPOLLEXCLUSIVE cannot be used on a ring backend: the EPOLL_USERPOLL RFC "
                 "rejects it (EINVAL), as exclusive wake-ups have no meaning for a shared ring"
@@ -628,7 +842,8 @@ class epoll:
                 raise ValueError(f"data {data} is already used by fd {owner} on this epoll object")
             self._drop_closed(owner)  # its file was closed: the kernel dropped it
         level = not eventmask & abi.EPOLLET
-        mask = eventmask | abi.EPOLLET if self._ring else eventmask
+        # EPOLLREMOVED is the ring's own bit: a stock kernel ignores it in a mask, so do we.
+        mask = (eventmask | abi.EPOLLET) & ~abi.EPOLLREMOVED if self._ring else eventmask
         try:
             self._backend.ctl(op, fd, mask, data)
         except OSError as exc:
@@ -684,6 +899,18 @@ class epoll:
                 if exc.errno not in (errno.ENOENT, errno.EBADF):
                     raise
 
+    def _last_look(self, binding: Any) -> int:
+        """After a timed wait ran out: one more drain that cannot wait.
+
+        With timeout 0 the emulator first publishes what its poller thread has not yet, so
+        an event made ready before poll() was called is never missed, however short the
+        timeout (select.epoll waits at least a millisecond; poll(1e-9) waits 1 ns).
+        """
+        n: int = self._poll_bound(binding, 0)
+        if n == _MOVED:  # the buffer moved since this call bound it: nothing was written
+            return 0
+        return self._poll_error(n, 0, 0, binding) if n < 0 else n
+
     def _poll_error(self, n: int, tns: int, start: int, binding: Any) -> int:
         """Handle a negative result: EINTR retries (PEP 475), EBADMSG names the corruption.
 
@@ -700,8 +927,10 @@ class epoll:
             n = self._poll_bound(binding, tns)
         if n >= 0:
             return n
-        if n == -errno.EBADF and self._closed:
-            self._check_open()
+        if self._closed or self._share.closing:
+            # close() began while we were in C: the consumer returned -EBADF, or the
+            # producer it would have waited for had already stopped (-EPIPE).
+            self._poll_gone()
         if n == -errno.EBADMSG:
             raise self._backend.corrupt_error()
         raise os_error(n)

@@ -27,6 +27,11 @@ class Backend(Protocol):
     and :meth:`forget` raises ``OSError(EBADF)``, as ``select.epoll`` does once its fd was
     closed under it: teardown order (finalizers at exit, module teardown) must never turn
     into a TypeError from a freed C object.
+
+    ``uring_epoll.epoll`` never runs :meth:`close` while another thread is inside any other
+    method (its lifecycle guard waits for them); the one exception is the drain through
+    ``memory[0]``, which the C consumer guards itself (it counts its callers, and close
+    makes it return -EBADF), so a backend need not lock anything for that.
     """
 
     #: "kernel", "thread" or "epoll": what ``epoll.backend`` reports.
