@@ -21,6 +21,12 @@ How it works, in short:
   the run directory, syncs and powers off. The command's stdout and stderr are two UML virtual
   consoles wired to host pipes, so they stay separate and kernel messages (console 0) go to a log
   instead of mixing with the command's output.
+* **Lifetime.** A guest dies with the process that booted it, however that ends. UML's main
+  process gets PR_SET_PDEATHSIG=SIGKILL, but its helper processes outlive it, so a small
+  watchdog process (its own session, blocked on a pipe only the caller can write to) kills UML's
+  whole process group and removes the run directory when the caller disappears without saying
+  it is done: SIGKILL included. The CLI turns SIGTERM and SIGHUP into a clean shutdown that
+  ends by the same signal.
 """
 
 from __future__ import annotations
@@ -779,6 +785,107 @@ def _uml_tmpdir() -> str:
     return tempfile.gettempdir()
 
 
+# A guard for the run directory and the UML process group, so that a guest dies with the
+# process that booted it, however that process ends (SIGKILL included, when none of its code
+# runs). It is a separate host process in its own session (terminal signals for the caller's
+# group do not reach it) reading a pipe whose only write end the caller holds: the caller's
+# death closes it. Messages: "rundir PATH", "pgid N" (UML's group, once started) and "done"
+# (the caller cleaned up; exit quietly). End of file without "done": kill the group (its helper
+# processes survive the main UML process otherwise), wait for its members to die, remove the
+# run directory. Standard library only, and run with -I -S: it must start quickly.
+_WATCHDOG = r"""
+import os, shutil, signal, sys, time
+
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+rundir, pgid, buf = None, 0, b""
+while True:
+    try:
+        data = os.read(0, 4096)
+    except OSError:
+        data = b""
+    if not data:
+        break
+    buf += data
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        word, _, arg = line.partition(b" ")
+        if word == b"rundir":
+            rundir = os.fsdecode(arg)
+        elif word == b"pgid":
+            pgid = int(arg)
+        elif word == b"done":
+            sys.exit(0)
+
+
+def alive(pgid):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/" + entry + "/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+if pgid > 1:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            break
+        if not alive(pgid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+if rundir:
+    for _ in range(3):
+        shutil.rmtree(rundir, ignore_errors=True)
+        if not os.path.exists(rundir):
+            break
+        time.sleep(0.1)
+"""
+
+
+class _Watchdog:
+    """The caller's end of :data:`_WATCHDOG`."""
+
+    def __init__(self) -> None:
+        read, self._write = os.pipe()  # both non-inheritable; the read end is passed as stdin
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._write)
+            raise
+        finally:
+            os.close(read)
+
+    def tell(self, word: str, arg: str | int) -> None:
+        # A watchdog that died (killed by someone) costs the guarantee, not the run.
+        with contextlib.suppress(OSError):
+            os.write(self._write, f"{word} {arg}\n".encode())
+
+    def done(self) -> None:
+        """Everything is cleaned up: let the watchdog go without doing anything."""
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"done\n")
+        os.close(self._write)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
 def _wait_group_gone(pgid: int, limit: float) -> None:
     """Wait (bounded) until every process of the group has died and been reaped.
 
@@ -813,9 +920,30 @@ def _isatty(target: Any) -> bool:
         return False
 
 
-def _no_core_dumps() -> None:
-    # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run dir.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+
+
+def _uml_preexec(parent: int) -> Any:
+    """What the UML process runs between fork and exec (``parent``: the caller's pid)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+    libc = _libc
+
+    def preexec() -> None:
+        # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run
+        # dir.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Dies with the calling thread (run() blocks in it until UML has ended). Second line
+        # of defence: the watchdog kills the whole group, helpers included.
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the caller died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _sink(target: Any) -> Any:
@@ -904,7 +1032,14 @@ def run(
     if not argv:
         raise ValueError("run() needs a command")
 
-    rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
+    # Started first, so that no moment exists where a run directory or a guest has no guard.
+    watchdog = _Watchdog()
+    try:
+        rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
+        watchdog.tell("rundir", str(rundir))
+    except BaseException:
+        watchdog.done()
+        raise
     try:
         (rundir / "argv").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
         items = []
@@ -976,7 +1111,7 @@ def run(
                 pass_fds=(out_w, err_w, con_w),
                 env=uml_env,
                 cwd=str(rundir),
-                preexec_fn=_no_core_dumps,
+                preexec_fn=_uml_preexec(os.getpid()),
                 start_new_session=True,
             )  # its own process group: UML forks helper processes
         except BaseException:
@@ -984,6 +1119,7 @@ def run(
                 os.close(fd)
             log_file.close()
             raise
+        watchdog.tell("pgid", proc.pid)
         for fd in (out_w, err_w, con_w):
             os.close(fd)
         pumps = [
@@ -1032,6 +1168,8 @@ def run(
         return int(status_file.read_text().strip())
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+        # Only now: the group is gone (killed and waited for above) and so is the directory.
+        watchdog.done()
 
 
 # Lines the kernel prints when something is wrong in it (as opposed to boot chatter).
@@ -1230,6 +1368,47 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM or SIGHUP while a CLI command boots a kernel."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Any:
+    """Turn SIGTERM and SIGHUP into an exception, so that :func:`run` kills the guest and
+    removes its directory on the way out; then die by that signal, as a shell expects of a
+    program killed by it. A signal the caller ignores (``nohup``) stays ignored; a second
+    signal during the cleanup is ignored too (the watchdog still covers a SIGKILL)."""
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        raise _Terminated(signum)
+
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        if previous[s] == signal.SIG_DFL:
+            signal.signal(s, handler)
+    try:
+        yield
+    except _Terminated as exc:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        raise SystemExit(128 + exc.signum) from None  # not reached unless blocked
+    finally:
+        for s in signals:
+            signal.signal(s, previous[s])
+
+
 def _run_cli(
     argv: Sequence[str],
     args: argparse.Namespace,
@@ -1237,14 +1416,15 @@ def _run_cli(
     cwd: str | None = None,
 ) -> int:
     try:
-        return run(
-            argv,
-            timeout=args.timeout,
-            mem=args.mem,
-            env=env,
-            cwd=cwd,
-            console=sys.stderr if args.console else None,
-        )
+        with _terminate_cleanly():
+            return run(
+                argv,
+                timeout=args.timeout,
+                mem=args.mem,
+                env=env,
+                cwd=cwd,
+                console=sys.stderr if args.console else None,
+            )
     except KernelBuildError as exc:
         print(f"uring-epoll kernel: {exc}", file=sys.stderr)
         return 1
@@ -1316,14 +1496,15 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
                 continue
             print(f"--- {source.name}", flush=True)
             try:
-                result = run_capture(
-                    [str(binary)],
-                    timeout=args.timeout,
-                    mem=args.mem,
-                    cwd=tmp,
-                    kernel=kernel,
-                    console=sys.stderr if args.console else None,
-                )
+                with _terminate_cleanly():
+                    result = run_capture(
+                        [str(binary)],
+                        timeout=args.timeout,
+                        mem=args.mem,
+                        cwd=tmp,
+                        kernel=kernel,
+                        console=sys.stderr if args.console else None,
+                    )
             except KernelRunError as exc:
                 print(f"--- {source.name}: {exc}", file=sys.stderr)
                 failed.append(source.name)
