@@ -45,6 +45,8 @@ import resource
 import shlex
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,7 @@ __all__ = [
     "PATCHES_ENV",
     "KernelBuild",
     "KernelBuildError",
+    "KernelCacheError",
     "KernelRunError",
     "KernelSourceError",
     "KernelTimeout",
@@ -80,6 +83,7 @@ __all__ = [
     "run_capture",
     "selftest_sources",
     "selftest_verdict",
+    "verify_kernel",
 ]
 
 #: Overrides the location of the patch series (default: ``kernel_patches/`` of the checkout).
@@ -137,6 +141,11 @@ _RECIPE_VERSION = "2"
 
 class KernelBuildError(RuntimeError):
     """The kernel could not be obtained or built; the message says why."""
+
+
+class KernelCacheError(KernelBuildError):
+    """A cached build is damaged (truncated, emptied, changed, incomplete): the message says
+    what is wrong and how to get a good one. ``kernel build`` replaces such an entry."""
 
 
 class KernelSourceError(KernelBuildError):
@@ -266,14 +275,207 @@ class KernelBuild:
 
 
 def find_kernel(key: str | None = None) -> KernelBuild | None:
-    """The published build for ``key`` (default: the current inputs), or None if not built."""
+    """The published build for ``key`` (default: the current inputs), or None if not built.
+
+    Raises :class:`KernelCacheError` when the entry exists but fails :func:`verify_kernel`.
+    """
     try:
         key = cache_key() if key is None else key
     except KernelBuildError:
         return None
     candidate = KernelBuild(key, cache_root() / key)
-    # Publication is a rename of the whole directory, so the binary's presence means complete.
-    return candidate if candidate.linux.is_file() else None
+    # Publication is a rename of the whole directory: an entry without its binary was damaged
+    # after publication, it is not a build in progress.
+    if not candidate.root.is_dir():
+        return None
+    verify_kernel(candidate)
+    return candidate
+
+
+# --------------------------------------------------------------------------------------------
+# Verifying a cached build
+#
+# What a run relies on from a cache entry is recorded when it is published, in manifest.json:
+# the size, mode and SHA-256 of ``linux`` and a digest of the exported headers (``src/usr/
+# include``, which the C selftests and the in-kernel tests compile against). Before use, the
+# size and mode are compared every time (one stat); the checksums once per process, and again
+# when the binary's inode, size, mtime or ctime change (hashing the 70 MB binary takes ~0.1 s,
+# the 2,000 header files as long).
+
+MANIFEST = "manifest.json"
+_HEADERS = Path("src/usr/include")
+_MANIFEST_VERSION = 1
+# Entry root -> the stat stamp of ``linux`` whose checksums were verified in this process.
+_verified: dict[str, tuple[int, ...]] = {}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _headers_digest(include: Path) -> dict[str, Any]:
+    """File count, bytes and SHA-256 over the names and contents of every file under
+    ``include`` (about 2,000 files and 6 MB: ~0.1 s)."""
+    h = hashlib.sha256()
+    count = total = 0
+    for directory, dirs, files in os.walk(include):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            rel = os.fsencode(os.path.relpath(path, include))
+            h.update(b"%d\0%s\0%d\0" % (len(rel), rel, len(data)))
+            h.update(data)
+            count += 1
+            total += len(data)
+    return {"files": count, "bytes": total, "sha256": h.hexdigest()}
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _manifest_for(root: Path) -> dict[str, Any]:
+    """The record of the build in ``root``, as written at publication."""
+    linux = root / "linux"
+    st = linux.stat()
+    record: dict[str, Any] = {
+        "version": _MANIFEST_VERSION,
+        "linux": {
+            "size": st.st_size,
+            "mode": stat.S_IMODE(st.st_mode),
+            "sha256": _sha256_file(linux),
+        },
+    }
+    if (root / _HEADERS).is_dir():
+        record["headers"] = _headers_digest(root / _HEADERS)
+    return record
+
+
+def _write_manifest(root: Path, record: dict[str, Any]) -> None:
+    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, root / MANIFEST)
+
+
+def _elf_problem(path: Path, size: int) -> str | None:
+    """Why ``path`` (``size`` bytes) is not a complete ELF file, or None.
+
+    A linked executable ends with its section header table, and every loadable segment must lie
+    inside the file: a truncated binary fails one of these, without reading more than a few
+    hundred bytes.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+                return "`linux` is not an ELF executable"
+            order = "<" if head[5] == 1 else ">"
+            if head[4] == 2:
+                if len(head) < 64:
+                    return "`linux` is not an ELF executable"
+                phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+                phent, phnum, shent, shnum = struct.unpack_from(order + "HHHH", head, 54)
+                layout = order + "I4xQ16xQ"  # p_type, p_offset, p_filesz
+            else:
+                phoff, shoff = struct.unpack_from(order + "II", head, 28)
+                phent, phnum, shent, shnum = struct.unpack_from(order + "HHHH", head, 42)
+                layout = order + "II8xI"
+            if shoff + shent * shnum > size or phoff + phent * phnum > size:
+                return f"`linux` is truncated ({size} bytes; its ELF tables end beyond that)"
+            f.seek(phoff)
+            table = f.read(phent * phnum)
+            for i in range(phnum):
+                p_type, p_offset, p_filesz = struct.unpack_from(layout, table, i * phent)
+                if p_type == 1 and p_offset + p_filesz > size:  # PT_LOAD
+                    return f"`linux` is truncated ({size} bytes; a segment ends beyond that)"
+    except (OSError, struct.error) as exc:
+        return f"`linux` cannot be read as ELF: {exc}"
+    return None
+
+
+def _cache_problem(kernel: KernelBuild) -> str | None:
+    """What is wrong with the cache entry ``kernel``, or None when it is usable."""
+    root = str(kernel.root)
+    try:
+        st = kernel.linux.stat()
+    except FileNotFoundError:
+        return "the kernel binary `linux` is missing"
+    except OSError as exc:
+        return f"the kernel binary cannot be examined: {exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "`linux` is not a regular file"
+    if st.st_size == 0:
+        return "`linux` is empty (0 bytes)"
+    try:
+        record: dict[str, Any] | None = json.loads((kernel.root / MANIFEST).read_text())
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as exc:
+        return f"its record {MANIFEST} is unreadable ({exc})"
+    if record is None:
+        return _adopt(kernel, st)
+    try:
+        want = record["linux"]
+        size, mode, digest = int(want["size"]), int(want["mode"]), str(want["sha256"])
+        headers = record.get("headers")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"its record {MANIFEST} is malformed"
+    if st.st_size != size:
+        return f"`linux` is {st.st_size} bytes but {size} were built (truncated or overwritten)"
+    if stat.S_IMODE(st.st_mode) != mode:
+        return f"`linux` has mode {stat.S_IMODE(st.st_mode):o} but was built with {mode:o}"
+    if headers is not None and not (kernel.root / _HEADERS).is_dir():
+        return f"the exported headers {_HEADERS} are missing"
+    if _verified.get(root) == _stamp(st):
+        return None
+    if _sha256_file(kernel.linux) != digest:
+        return "the SHA-256 of `linux` differs from the one recorded when it was built"
+    if headers is not None and _headers_digest(kernel.root / _HEADERS) != headers:
+        return f"the exported headers under {_HEADERS} differ from the ones built"
+    _verified[root] = _stamp(st)
+    return None
+
+
+def _adopt(kernel: KernelBuild, st: os.stat_result) -> str | None:
+    """An entry published before builds were recorded: check what can be checked without a
+    record (executable, a complete ELF file, headers present) and, if it passes, record it now.
+
+    Rebuilding every such entry would cost every existing checkout a 15-minute build; the
+    damage seen in practice (a truncated, emptied or non-executable binary) is caught here.
+    What is not: a same-size corruption that predates the record.
+    """
+    if not st.st_mode & stat.S_IXUSR or not os.access(kernel.linux, os.X_OK):
+        return "`linux` is not executable"
+    problem = _elf_problem(kernel.linux, st.st_size)
+    if problem is not None:
+        return problem
+    if not (kernel.root / _HEADERS / "linux").is_dir():
+        return f"the exported headers {_HEADERS} are missing"
+    record = _manifest_for(kernel.root)
+    if record["linux"]["size"] != st.st_size:
+        return "`linux` changed while it was being checked"
+    # A read-only cache still works; it is just checked this way again by the next process.
+    with contextlib.suppress(OSError):
+        _write_manifest(kernel.root, record)
+    _verified[str(kernel.root)] = _stamp(st)
+    return None
+
+
+def verify_kernel(kernel: KernelBuild) -> None:
+    """Raise :class:`KernelCacheError` unless the cache entry ``kernel`` is intact."""
+    problem = _cache_problem(kernel)
+    if problem is not None:
+        raise KernelCacheError(
+            f"the cached kernel build {kernel.root} is damaged: {problem}. "
+            "Rebuild it with `uring-epoll kernel build --force` "
+            "(or delete it with `uring-epoll kernel clean --all`)."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,10 +688,15 @@ def build(
     the patch directory (tests use them).
     """
     if not force:
-        with contextlib.suppress(KernelBuildError):
+        try:
             found = find_kernel(cache_key(tarball, pdir))
             if found is not None:
                 return found
+        except KernelCacheError as exc:
+            if progress is not None:
+                print(f"uring-epoll kernel: {exc}; rebuilding", file=progress, flush=True)
+        except KernelBuildError:
+            pass
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(_lock_path(), "w") as lockfile:
@@ -516,9 +723,17 @@ def build(
             snapshot = _snapshot_series(pdir, workdir / "kernel_patches")
             key = cache_key(tarball, snapshot)
             final = root / key
-            if (final / "linux").is_file() and not force:
-                shutil.rmtree(workdir, ignore_errors=True)
-                return KernelBuild(key, final)
+            if final.exists() and not force:
+                try:
+                    verify_kernel(KernelBuild(key, final))
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    return KernelBuild(key, final)
+                except KernelCacheError:
+                    # Out of the way at once (a reader sees no entry rather than a bad one),
+                    # then deleted: we hold the lock, so nobody else is replacing it.
+                    doomed = root / f".tmp-damaged-{key}-{os.getpid()}"
+                    os.rename(final, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
             failed_log = root / f"{key}.failed.log"
             with open(workdir / "build.log", "wb") as log:
                 builder = _Builder(workdir, log, progress)
@@ -545,9 +760,12 @@ def build(
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             (workdir / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+            # What a run relies on, recorded before publication so that it is never missing.
+            _write_manifest(workdir, _manifest_for(workdir))
             if final.exists():  # only with force=True
                 shutil.rmtree(final)
             os.rename(workdir, final)
+            _verified[str(final)] = _stamp((final / "linux").stat())
             failed_log.unlink(missing_ok=True)
             prune(keep=_keep_count(), current=key)
         except BaseException:
@@ -1024,7 +1242,11 @@ def run(
         # Nested UML is unsupported, and the usual cause is a test run inside the kernel
         # that forgot -m "not uml": say so instead of failing obscurely.
         raise KernelRunError("already running inside User-Mode Linux: not booting another")
-    kernel = build() if kernel is None else kernel
+    if kernel is None:
+        # A damaged entry raises KernelCacheError here, saying what to do: rebuilding it
+        # silently would turn a run into a quarter-hour build.
+        kernel = find_kernel() or build()
+    verify_kernel(kernel)
     cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
     env = dict(os.environ) if env is None else dict(env)
     out_target = sys.stdout if stdout is _DEFAULT else stdout
@@ -1114,10 +1336,15 @@ def run(
                 preexec_fn=_uml_preexec(os.getpid()),
                 start_new_session=True,
             )  # its own process group: UML forks helper processes
-        except BaseException:
+        except BaseException as exc:
             for fd in (out_r, out_w, err_r, err_w, con_r, con_w):
                 os.close(fd)
             log_file.close()
+            if isinstance(exc, OSError):
+                raise KernelRunError(
+                    f"cannot start the kernel {kernel.linux}: {exc}; rebuild it with "
+                    "`uring-epoll kernel build --force`"
+                ) from None
             raise
         watchdog.tell("pgid", proc.pid)
         for fd in (out_w, err_w, con_w):
@@ -1332,7 +1559,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_path(args: argparse.Namespace) -> int:
-    kernel = find_kernel()
+    try:
+        kernel = find_kernel()
+    except KernelCacheError as exc:
+        print(f"uring-epoll kernel path: {exc}", file=sys.stderr)
+        return 1
     if kernel is None:
         try:
             key = cache_key()
