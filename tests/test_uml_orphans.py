@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from uring_epoll import uml
+
 try:
     import uml_support
 except ImportError:  # tests/ imported as a package
     from tests import uml_support
-
-pytestmark = pytest.mark.uml
 
 #: How long cleanup may take once the signal has been sent.
 CLEANUP_LIMIT = 15.0
@@ -86,6 +86,7 @@ def wait_for_line(stream: int, expected: bytes, limit: float) -> bytes:
     return seen
 
 
+@pytest.mark.uml
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
 def test_guest_dies_with_its_parent(signum: int, tmp_path: Path) -> None:
     kernel = uml_support.kernel()
@@ -157,3 +158,76 @@ def test_guest_dies_with_its_parent(signum: int, tmp_path: Path) -> None:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def children() -> set[int]:
+    """The pids of this process's children."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.uml
+def test_a_finished_run_leaves_no_watchdog_behind() -> None:
+    kernel = uml_support.kernel()
+    before = children()
+    assert uml.run(["true"], kernel=kernel, stdout=None, stderr=None, timeout=120) == 0
+    with pytest.raises(uml.KernelTimeout):
+        uml.run(["sleep", "1000"], kernel=kernel, stdout=None, stderr=None, timeout=5)
+    assert children() == before
+
+
+# The watchdog on its own, without a kernel (so it is also exercised where UML cannot run): a
+# caller tells it about a directory and a process group of two sleeping processes, then dies by
+# SIGKILL.
+CALLER = """
+import os, subprocess, sys, time
+from uring_epoll import uml
+rundir, = sys.argv[1:]
+watchdog = uml._Watchdog()
+watchdog.tell("rundir", rundir)
+group = subprocess.Popen(["sh", "-c", "sleep 1000 & exec sleep 1000"], start_new_session=True)
+watchdog.tell("pgid", group.pid)
+print(group.pid, flush=True)
+time.sleep(1000)
+"""
+
+
+def test_the_watchdog_kills_the_group_and_removes_the_directory(tmp_path: Path) -> None:
+    rundir = tmp_path / "uring-epoll-uml-test"
+    (rundir / "sub").mkdir(parents=True)
+    (rundir / "sub" / "file").write_text("x")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", CALLER, str(rundir)], env=env, stdout=subprocess.PIPE
+    )
+    assert caller.stdout is not None
+    pgid = int(caller.stdout.readline())
+    try:
+        deadline = time.monotonic() + 10
+        while len(group_members(pgid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(group_members(pgid)) == 2
+        caller.kill()
+        caller.wait()
+        deadline = time.monotonic() + CLEANUP_LIMIT
+        while (group_members(pgid) or rundir.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group_members(pgid)
+        assert not rundir.exists()
+    finally:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
