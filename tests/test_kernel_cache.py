@@ -240,3 +240,21 @@ def test_the_checksum_is_computed_once_per_process_and_binary(
     os.utime(kernel.linux, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert uml.find_kernel() == kernel
     assert hashed == [kernel.linux, kernel.linux]
+
+
+def test_a_damaged_entry_that_cannot_be_moved_is_a_clean_error(
+    cache: FakeCache, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = cache.build()
+    truncate(kernel)
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if ".tmp-damaged-" in str(dst):
+            raise PermissionError(13, "Permission denied", str(src))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(uml.os, "rename", rename)
+    code, out, err = cli(capsys, "build")
+    assert (code, out) == (1, "")
+    assert "cannot move the damaged build" in err and "Permission denied" in err

@@ -732,7 +732,12 @@ def build(
                     # Out of the way at once (a reader sees no entry rather than a bad one),
                     # then deleted: we hold the lock, so nobody else is replacing it.
                     doomed = root / f".tmp-damaged-{key}-{os.getpid()}"
-                    os.rename(final, doomed)
+                    try:
+                        os.rename(final, doomed)
+                    except OSError as exc:
+                        raise KernelCacheError(
+                            f"cannot move the damaged build {final} out of the way: {exc}"
+                        ) from None
                     shutil.rmtree(doomed, ignore_errors=True)
             failed_log = root / f"{key}.failed.log"
             with open(workdir / "build.log", "wb") as log:
