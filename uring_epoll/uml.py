@@ -21,6 +21,12 @@ How it works, in short:
   the run directory, syncs and powers off. The command's stdout and stderr are two UML virtual
   consoles wired to host pipes, so they stay separate and kernel messages (console 0) go to a log
   instead of mixing with the command's output.
+* **Lifetime.** A guest dies with the process that booted it, however that ends. UML's main
+  process gets PR_SET_PDEATHSIG=SIGKILL, but its helper processes outlive it, so a small
+  watchdog process (its own session, blocked on a pipe only the caller can write to) kills UML's
+  whole process group and removes the run directory when the caller disappears without saying
+  it is done: SIGKILL included. The CLI turns SIGTERM and SIGHUP into a clean shutdown that
+  ends by the same signal.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ import resource
 import shlex
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +63,7 @@ __all__ = [
     "PATCHES_ENV",
     "KernelBuild",
     "KernelBuildError",
+    "KernelCacheError",
     "KernelRunError",
     "KernelSeriesError",
     "KernelSourceError",
@@ -76,6 +85,7 @@ __all__ = [
     "run_capture",
     "selftest_sources",
     "selftest_verdict",
+    "verify_kernel",
 ]
 
 #: Overrides the location of the patch series (default: the series shipped in the package).
@@ -149,6 +159,11 @@ class KernelSeriesError(KernelBuildError):
         super().__init__(message)
         #: The file that is missing.
         self.path = path
+
+
+class KernelCacheError(KernelBuildError):
+    """A cached build is damaged (truncated, emptied, changed, incomplete): the message says
+    what is wrong and how to get a good one. ``kernel build`` replaces such an entry."""
 
 
 class KernelSourceError(KernelBuildError):
@@ -309,14 +324,207 @@ class KernelBuild:
 
 
 def find_kernel(key: str | None = None) -> KernelBuild | None:
-    """The published build for ``key`` (default: the current inputs), or None if not built."""
+    """The published build for ``key`` (default: the current inputs), or None if not built.
+
+    Raises :class:`KernelCacheError` when the entry exists but fails :func:`verify_kernel`.
+    """
     try:
         key = cache_key() if key is None else key
     except KernelBuildError:
         return None
     candidate = KernelBuild(key, cache_root() / key)
-    # Publication is a rename of the whole directory, so the binary's presence means complete.
-    return candidate if candidate.linux.is_file() else None
+    # Publication is a rename of the whole directory: an entry without its binary was damaged
+    # after publication, it is not a build in progress.
+    if not candidate.root.is_dir():
+        return None
+    verify_kernel(candidate)
+    return candidate
+
+
+# --------------------------------------------------------------------------------------------
+# Verifying a cached build
+#
+# What a run relies on from a cache entry is recorded when it is published, in manifest.json:
+# the size, mode and SHA-256 of ``linux`` and a digest of the exported headers (``src/usr/
+# include``, which the C selftests and the in-kernel tests compile against). Before use, the
+# size and mode are compared every time (one stat); the checksums once per process, and again
+# when the binary's inode, size, mtime or ctime change (hashing the 70 MB binary takes ~0.1 s,
+# the 2,000 header files as long).
+
+MANIFEST = "manifest.json"
+_HEADERS = Path("src/usr/include")
+_MANIFEST_VERSION = 1
+# Entry root -> the stat stamp of ``linux`` whose checksums were verified in this process.
+_verified: dict[str, tuple[int, ...]] = {}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _headers_digest(include: Path) -> dict[str, Any]:
+    """File count, bytes and SHA-256 over the names and contents of every file under
+    ``include`` (about 2,000 files and 6 MB: ~0.1 s)."""
+    h = hashlib.sha256()
+    count = total = 0
+    for directory, dirs, files in os.walk(include):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            rel = os.fsencode(os.path.relpath(path, include))
+            h.update(b"%d\0%s\0%d\0" % (len(rel), rel, len(data)))
+            h.update(data)
+            count += 1
+            total += len(data)
+    return {"files": count, "bytes": total, "sha256": h.hexdigest()}
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _manifest_for(root: Path) -> dict[str, Any]:
+    """The record of the build in ``root``, as written at publication."""
+    linux = root / "linux"
+    st = linux.stat()
+    record: dict[str, Any] = {
+        "version": _MANIFEST_VERSION,
+        "linux": {
+            "size": st.st_size,
+            "mode": stat.S_IMODE(st.st_mode),
+            "sha256": _sha256_file(linux),
+        },
+    }
+    if (root / _HEADERS).is_dir():
+        record["headers"] = _headers_digest(root / _HEADERS)
+    return record
+
+
+def _write_manifest(root: Path, record: dict[str, Any]) -> None:
+    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, root / MANIFEST)
+
+
+def _elf_problem(path: Path, size: int) -> str | None:
+    """Why ``path`` (``size`` bytes) is not a complete ELF file, or None.
+
+    A linked executable ends with its section header table, and every loadable segment must lie
+    inside the file: a truncated binary fails one of these, without reading more than a few
+    hundred bytes.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+                return "`linux` is not an ELF executable"
+            order = "<" if head[5] == 1 else ">"
+            if head[4] == 2:
+                if len(head) < 64:
+                    return "`linux` is not an ELF executable"
+                phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+                phent, phnum, shent, shnum = struct.unpack_from(order + "HHHH", head, 54)
+                layout = order + "I4xQ16xQ"  # p_type, p_offset, p_filesz
+            else:
+                phoff, shoff = struct.unpack_from(order + "II", head, 28)
+                phent, phnum, shent, shnum = struct.unpack_from(order + "HHHH", head, 42)
+                layout = order + "II8xI"
+            if shoff + shent * shnum > size or phoff + phent * phnum > size:
+                return f"`linux` is truncated ({size} bytes; its ELF tables end beyond that)"
+            f.seek(phoff)
+            table = f.read(phent * phnum)
+            for i in range(phnum):
+                p_type, p_offset, p_filesz = struct.unpack_from(layout, table, i * phent)
+                if p_type == 1 and p_offset + p_filesz > size:  # PT_LOAD
+                    return f"`linux` is truncated ({size} bytes; a segment ends beyond that)"
+    except (OSError, struct.error) as exc:
+        return f"`linux` cannot be read as ELF: {exc}"
+    return None
+
+
+def _cache_problem(kernel: KernelBuild) -> str | None:
+    """What is wrong with the cache entry ``kernel``, or None when it is usable."""
+    root = str(kernel.root)
+    try:
+        st = kernel.linux.stat()
+    except FileNotFoundError:
+        return "the kernel binary `linux` is missing"
+    except OSError as exc:
+        return f"the kernel binary cannot be examined: {exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "`linux` is not a regular file"
+    if st.st_size == 0:
+        return "`linux` is empty (0 bytes)"
+    try:
+        record: dict[str, Any] | None = json.loads((kernel.root / MANIFEST).read_text())
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as exc:
+        return f"its record {MANIFEST} is unreadable ({exc})"
+    if record is None:
+        return _adopt(kernel, st)
+    try:
+        want = record["linux"]
+        size, mode, digest = int(want["size"]), int(want["mode"]), str(want["sha256"])
+        headers = record.get("headers")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"its record {MANIFEST} is malformed"
+    if st.st_size != size:
+        return f"`linux` is {st.st_size} bytes but {size} were built (truncated or overwritten)"
+    if stat.S_IMODE(st.st_mode) != mode:
+        return f"`linux` has mode {stat.S_IMODE(st.st_mode):o} but was built with {mode:o}"
+    if headers is not None and not (kernel.root / _HEADERS).is_dir():
+        return f"the exported headers {_HEADERS} are missing"
+    if _verified.get(root) == _stamp(st):
+        return None
+    if _sha256_file(kernel.linux) != digest:
+        return "the SHA-256 of `linux` differs from the one recorded when it was built"
+    if headers is not None and _headers_digest(kernel.root / _HEADERS) != headers:
+        return f"the exported headers under {_HEADERS} differ from the ones built"
+    _verified[root] = _stamp(st)
+    return None
+
+
+def _adopt(kernel: KernelBuild, st: os.stat_result) -> str | None:
+    """An entry published before builds were recorded: check what can be checked without a
+    record (executable, a complete ELF file, headers present) and, if it passes, record it now.
+
+    Rebuilding every such entry would cost every existing checkout a 15-minute build; the
+    damage seen in practice (a truncated, emptied or non-executable binary) is caught here.
+    What is not: a same-size corruption that predates the record.
+    """
+    if not st.st_mode & stat.S_IXUSR or not os.access(kernel.linux, os.X_OK):
+        return "`linux` is not executable"
+    problem = _elf_problem(kernel.linux, st.st_size)
+    if problem is not None:
+        return problem
+    if not (kernel.root / _HEADERS / "linux").is_dir():
+        return f"the exported headers {_HEADERS} are missing"
+    record = _manifest_for(kernel.root)
+    if record["linux"]["size"] != st.st_size:
+        return "`linux` changed while it was being checked"
+    # A read-only cache still works; it is just checked this way again by the next process.
+    with contextlib.suppress(OSError):
+        _write_manifest(kernel.root, record)
+    _verified[str(kernel.root)] = _stamp(st)
+    return None
+
+
+def verify_kernel(kernel: KernelBuild) -> None:
+    """Raise :class:`KernelCacheError` unless the cache entry ``kernel`` is intact."""
+    problem = _cache_problem(kernel)
+    if problem is not None:
+        raise KernelCacheError(
+            f"the cached kernel build {kernel.root} is damaged: {problem}. "
+            "Rebuild it with `uring-epoll kernel build --force` "
+            "(or delete it with `uring-epoll kernel clean --all`)."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,8 +738,13 @@ def build(
     """
     if not force:
         # An incomplete series (KernelSeriesError) is reported now, not after waiting for the
-        # lock; cache_key raises nothing else.
-        found = find_kernel(cache_key(tarball, pdir))
+        # lock; a damaged cache entry is rebuilt below.
+        try:
+            found = find_kernel(cache_key(tarball, pdir))
+        except KernelCacheError as exc:
+            found = None
+            if progress is not None:
+                print(f"uring-epoll kernel: {exc}; rebuilding", file=progress, flush=True)
         if found is not None:
             return found
     root = cache_root()
@@ -560,9 +773,22 @@ def build(
             snapshot = _snapshot_series(pdir, workdir / "kernel_patches")
             key = cache_key(tarball, snapshot)
             final = root / key
-            if (final / "linux").is_file() and not force:
-                shutil.rmtree(workdir, ignore_errors=True)
-                return KernelBuild(key, final)
+            if final.exists() and not force:
+                try:
+                    verify_kernel(KernelBuild(key, final))
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    return KernelBuild(key, final)
+                except KernelCacheError:
+                    # Out of the way at once (a reader sees no entry rather than a bad one),
+                    # then deleted: we hold the lock, so nobody else is replacing it.
+                    doomed = root / f".tmp-damaged-{key}-{os.getpid()}"
+                    try:
+                        os.rename(final, doomed)
+                    except OSError as exc:
+                        raise KernelCacheError(
+                            f"cannot move the damaged build {final} out of the way: {exc}"
+                        ) from None
+                    shutil.rmtree(doomed, ignore_errors=True)
             failed_log = root / f"{key}.failed.log"
             with open(workdir / "build.log", "wb") as log:
                 builder = _Builder(workdir, log, progress)
@@ -589,9 +815,12 @@ def build(
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             (workdir / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+            # What a run relies on, recorded before publication so that it is never missing.
+            _write_manifest(workdir, _manifest_for(workdir))
             if final.exists():  # only with force=True
                 shutil.rmtree(final)
             os.rename(workdir, final)
+            _verified[str(final)] = _stamp((final / "linux").stat())
             failed_log.unlink(missing_ok=True)
             prune(keep=_keep_count(), current=key)
         except BaseException:
@@ -829,6 +1058,107 @@ def _uml_tmpdir() -> str:
     return tempfile.gettempdir()
 
 
+# A guard for the run directory and the UML process group, so that a guest dies with the
+# process that booted it, however that process ends (SIGKILL included, when none of its code
+# runs). It is a separate host process in its own session (terminal signals for the caller's
+# group do not reach it) reading a pipe whose only write end the caller holds: the caller's
+# death closes it. Messages: "rundir PATH", "pgid N" (UML's group, once started) and "done"
+# (the caller cleaned up; exit quietly). End of file without "done": kill the group (its helper
+# processes survive the main UML process otherwise), wait for its members to die, remove the
+# run directory. Standard library only, and run with -I -S: it must start quickly.
+_WATCHDOG = r"""
+import os, shutil, signal, sys, time
+
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+rundir, pgid, buf = None, 0, b""
+while True:
+    try:
+        data = os.read(0, 4096)
+    except OSError:
+        data = b""
+    if not data:
+        break
+    buf += data
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        word, _, arg = line.partition(b" ")
+        if word == b"rundir":
+            rundir = os.fsdecode(arg)
+        elif word == b"pgid":
+            pgid = int(arg)
+        elif word == b"done":
+            sys.exit(0)
+
+
+def alive(pgid):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/" + entry + "/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+if pgid > 1:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            break
+        if not alive(pgid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+if rundir:
+    for _ in range(3):
+        shutil.rmtree(rundir, ignore_errors=True)
+        if not os.path.exists(rundir):
+            break
+        time.sleep(0.1)
+"""
+
+
+class _Watchdog:
+    """The caller's end of :data:`_WATCHDOG`."""
+
+    def __init__(self) -> None:
+        read, self._write = os.pipe()  # both non-inheritable; the read end is passed as stdin
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._write)
+            raise
+        finally:
+            os.close(read)
+
+    def tell(self, word: str, arg: str | int) -> None:
+        # A watchdog that died (killed by someone) costs the guarantee, not the run.
+        with contextlib.suppress(OSError):
+            os.write(self._write, f"{word} {arg}\n".encode())
+
+    def done(self) -> None:
+        """Everything is cleaned up: let the watchdog go without doing anything."""
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"done\n")
+        os.close(self._write)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
 def _wait_group_gone(pgid: int, limit: float) -> None:
     """Wait (bounded) until every process of the group has died and been reaped.
 
@@ -863,9 +1193,30 @@ def _isatty(target: Any) -> bool:
         return False
 
 
-def _no_core_dumps() -> None:
-    # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run dir.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+
+
+def _uml_preexec(parent: int) -> Any:
+    """What the UML process runs between fork and exec (``parent``: the caller's pid)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+    libc = _libc
+
+    def preexec() -> None:
+        # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run
+        # dir.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Dies with the calling thread (run() blocks in it until UML has ended). Second line
+        # of defence: the watchdog kills the whole group, helpers included.
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the caller died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _sink(target: Any) -> Any:
@@ -946,7 +1297,11 @@ def run(
         # Nested UML is unsupported, and the usual cause is a test run inside the kernel
         # that forgot -m "not uml": say so instead of failing obscurely.
         raise KernelRunError("already running inside User-Mode Linux: not booting another")
-    kernel = build() if kernel is None else kernel
+    if kernel is None:
+        # A damaged entry raises KernelCacheError here, saying what to do: rebuilding it
+        # silently would turn a run into a quarter-hour build.
+        kernel = find_kernel() or build()
+    verify_kernel(kernel)
     cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
     env = dict(os.environ) if env is None else dict(env)
     out_target = sys.stdout if stdout is _DEFAULT else stdout
@@ -954,7 +1309,14 @@ def run(
     if not argv:
         raise ValueError("run() needs a command")
 
-    rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
+    # Started first, so that no moment exists where a run directory or a guest has no guard.
+    watchdog = _Watchdog()
+    try:
+        rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
+        watchdog.tell("rundir", str(rundir))
+    except BaseException:
+        watchdog.done()
+        raise
     try:
         (rundir / "argv").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
         items = []
@@ -1026,14 +1388,20 @@ def run(
                 pass_fds=(out_w, err_w, con_w),
                 env=uml_env,
                 cwd=str(rundir),
-                preexec_fn=_no_core_dumps,
+                preexec_fn=_uml_preexec(os.getpid()),
                 start_new_session=True,
             )  # its own process group: UML forks helper processes
-        except BaseException:
+        except BaseException as exc:
             for fd in (out_r, out_w, err_r, err_w, con_r, con_w):
                 os.close(fd)
             log_file.close()
+            if isinstance(exc, OSError):
+                raise KernelRunError(
+                    f"cannot start the kernel {kernel.linux}: {exc}; rebuild it with "
+                    "`uring-epoll kernel build --force`"
+                ) from None
             raise
+        watchdog.tell("pgid", proc.pid)
         for fd in (out_w, err_w, con_w):
             os.close(fd)
         pumps = [
@@ -1082,6 +1450,8 @@ def run(
         return int(status_file.read_text().strip())
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+        # Only now: the group is gone (killed and waited for above) and so is the directory.
+        watchdog.done()
 
 
 # Lines the kernel prints when something is wrong in it (as opposed to boot chatter).
@@ -1254,7 +1624,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_path(args: argparse.Namespace) -> int:
-    kernel = find_kernel()
+    try:
+        kernel = find_kernel()
+    except KernelCacheError as exc:
+        print(f"uring-epoll kernel path: {exc}", file=sys.stderr)
+        return 1
     if kernel is None:
         try:
             key = cache_key()
@@ -1290,6 +1664,47 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM or SIGHUP while a CLI command boots a kernel."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Any:
+    """Turn SIGTERM and SIGHUP into an exception, so that :func:`run` kills the guest and
+    removes its directory on the way out; then die by that signal, as a shell expects of a
+    program killed by it. A signal the caller ignores (``nohup``) stays ignored; a second
+    signal during the cleanup is ignored too (the watchdog still covers a SIGKILL)."""
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        raise _Terminated(signum)
+
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        if previous[s] == signal.SIG_DFL:
+            signal.signal(s, handler)
+    try:
+        yield
+    except _Terminated as exc:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        raise SystemExit(128 + exc.signum) from None  # not reached unless blocked
+    finally:
+        for s in signals:
+            signal.signal(s, previous[s])
+
+
 def _run_cli(
     argv: Sequence[str],
     args: argparse.Namespace,
@@ -1297,14 +1712,15 @@ def _run_cli(
     cwd: str | None = None,
 ) -> int:
     try:
-        return run(
-            argv,
-            timeout=args.timeout,
-            mem=args.mem,
-            env=env,
-            cwd=cwd,
-            console=sys.stderr if args.console else None,
-        )
+        with _terminate_cleanly():
+            return run(
+                argv,
+                timeout=args.timeout,
+                mem=args.mem,
+                env=env,
+                cwd=cwd,
+                console=sys.stderr if args.console else None,
+            )
     except KernelBuildError as exc:
         print(f"uring-epoll kernel: {exc}", file=sys.stderr)
         return 1
@@ -1384,14 +1800,15 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
                 continue
             print(f"--- {source.name}", flush=True)
             try:
-                result = run_capture(
-                    [str(binary)],
-                    timeout=args.timeout,
-                    mem=args.mem,
-                    cwd=tmp,
-                    kernel=kernel,
-                    console=sys.stderr if args.console else None,
-                )
+                with _terminate_cleanly():
+                    result = run_capture(
+                        [str(binary)],
+                        timeout=args.timeout,
+                        mem=args.mem,
+                        cwd=tmp,
+                        kernel=kernel,
+                        console=sys.stderr if args.console else None,
+                    )
             except KernelRunError as exc:
                 print(f"--- {source.name}: {exc}", file=sys.stderr)
                 failed.append(source.name)
