@@ -59,6 +59,13 @@ class FakeCache:
         return kernel
 
 
+#: ``kernel run`` refuses to boot a kernel from inside User-Mode Linux, so the tests that go as
+#: far as booting run on the host only (the suite's host run, in the same CI run, covers them).
+host_only = pytest.mark.skipif(
+    uml.is_inside_uml(), reason="kernel run does not boot a kernel inside User-Mode Linux"
+)
+
+
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeCache:
     return FakeCache(tmp_path, monkeypatch)
@@ -141,6 +148,7 @@ def test_path_names_the_damage_and_the_remedy(
     assert "uring-epoll kernel build --force" in err
 
 
+@host_only
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not executable"])
 def test_run_refuses_a_damaged_kernel_before_booting(
     cache: FakeCache, capsys: pytest.CaptureFixture[str], damage: str
@@ -155,6 +163,7 @@ def test_run_refuses_a_damaged_kernel_before_booting(
         uml.run(["true"], kernel=kernel, stdout=None, stderr=None)
 
 
+@host_only
 def test_a_kernel_that_cannot_start_is_a_clean_error(
     cache: FakeCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:

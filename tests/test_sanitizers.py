@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import uring_epoll
+
+#: The tests beside this file (a checkout's, or CI's copy of the sdist's), and the package they
+#: test: its directory holds the C sources and both builders, installed or not.
+TESTS = Path(__file__).resolve().parent
+PACKAGE = Path(uring_epoll.__file__).resolve().parent
 #: The test files run under the sanitizers, and what each exercises in C.
 SUITE = [
     "tests/test_ring_drain.py",  # the drain on hand-built rings (ring.c)
@@ -67,9 +72,9 @@ def _ignore(directory: str, names: list[str]) -> set[str]:
 def sanitized_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the package and its tests, with ASan/UBSan builds of both native modules."""
     tree = tmp_path_factory.mktemp("sanitized")
-    shutil.copytree(ROOT / "uring_epoll", tree / "uring_epoll", ignore=_ignore)
-    shutil.copytree(ROOT / "tests", tree / "tests", ignore=_ignore)
-    shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    shutil.copytree(PACKAGE, tree / "uring_epoll", ignore=_ignore)
+    shutil.copytree(TESTS, tree / "tests", ignore=_ignore)
+    shutil.copy(TESTS.parent / "pyproject.toml", tree / "pyproject.toml")
     env = {**os.environ, "URING_EPOLL_SANITIZE": "1", "URING_EPOLL_WERROR": "1"}
     for builder in ("_native_build.py", "_bench_native_build.py"):
         done = subprocess.run(
@@ -91,6 +96,8 @@ def _child_env(tree: Path) -> dict[str, str]:
         "PYTHONPATH": str(tree),
         "PYTHONDONTWRITEBYTECODE": "1",
         "URING_EPOLL_SANITIZED": "1",
+        # The child tests this copy, not the installed package (tests/conftest.py checks).
+        "URING_EPOLL_TEST_INSTALLED": "0",
         "LD_PRELOAD": ASAN,
         # Python's allocations live until exit by design: leak reports would be noise.
         "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=0:print_summary=1",

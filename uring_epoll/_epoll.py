@@ -561,8 +561,11 @@ class epoll:
 
     def _pairs_binding_for(self, count: int) -> tuple[Any, ...]:
         """Split result arrays for *count* events and their C binding (with what it uses)."""
-        data = np.zeros(count, np.uint64)
-        events = np.zeros(count, np.uint32)
+        try:
+            data = np.zeros(count, np.uint64)
+            events = np.zeros(count, np.uint32)
+        except MemoryError:
+            raise MemoryError from None  # as select.epoll: the plain one, not numpy's subclass
         data_ptr, events_ptr = ffi.from_buffer(data), ffi.from_buffer(events)
         with _Inside(self):
             memory = self._backend.memory
