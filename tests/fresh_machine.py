@@ -427,6 +427,25 @@ def run_in_chroot(root: Path, command: str, log_path: Path, timeout: float) -> i
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            kill_chroot_processes(root)
+
+
+def kill_chroot_processes(root: Path) -> list[int]:
+    """SIGKILL every process whose root directory is ``root`` (stragglers that left the
+    command's session, e.g. through setsid); return their ids."""
+    target = str(root.resolve())
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "root") != target:
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:  # gone meanwhile, or not ours to inspect
+            continue
+        killed.append(int(entry.name))
+    return killed
 
 
 def _session_alive(pid: int) -> bool:
