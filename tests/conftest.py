@@ -15,6 +15,12 @@ import pytest
 #: Set by .ci/run: the suite must test the installed wheel, not a source tree on sys.path.
 INSTALLED_ENV = "URING_EPOLL_TEST_INSTALLED"
 
+# Child interpreters the tests start (``python -m uring_epoll.cli``, in-kernel pytest runs)
+# often have the checkout as their working directory, and ``-m``/``-c`` would put it first on
+# sys.path: after `pip install .` that is a source tree without the compiled modules, not the
+# package under test. Python 3.11's safe-path mode leaves the working directory out.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 
 def _problem_with_package_under_test() -> str | None:
     """Why the run must stop before collection, or None. It must when the ``uring_epoll`` on

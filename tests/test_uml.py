@@ -355,7 +355,7 @@ def test_concurrent_builds_build_once(fake_tree: tuple[Path, Path, Path], tmp_pa
     env = dict(
         os.environ,
         FAKE_MAKE_SLEEP="2",
-        PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=uml_support.child_pythonpath(),
     )
     procs = [
         subprocess.Popen(
@@ -417,7 +417,7 @@ def test_runs_inside_uml_in_callers_cwd(tmp_path: Path) -> None:
         cwd=tmp_path,
         kernel=uml_support.kernel(),
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(uml_support.REPO_ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(uml_support.PACKAGE_PARENT)),
     )
     assert result.returncode == 0, result.stderr
     cwd, marker, inside, release = result.stdout.split("\n")[:4]

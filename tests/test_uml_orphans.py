@@ -95,7 +95,7 @@ def test_guest_dies_with_its_parent(signum: int, tmp_path: Path) -> None:
     env = dict(
         os.environ,
         TMPDIR=str(scratch),
-        PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=uml_support.child_pythonpath(),
     )
     host = subprocess.Popen(
         [
@@ -207,7 +207,7 @@ def test_the_watchdog_kills_the_group_and_removes_the_directory(tmp_path: Path) 
     (rundir / "sub" / "file").write_text("x")
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(uml_support.REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=uml_support.child_pythonpath(),
     )
     caller = subprocess.Popen(
         [sys.executable, "-c", CALLER, str(rundir)], env=env, stdout=subprocess.PIPE

@@ -17,9 +17,19 @@ from pathlib import Path
 
 import pytest
 
+import uring_epoll
 from uring_epoll import uml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The directory holding the uring_epoll under test (site-packages for an installed wheel, the
+#: checkout for an editable one): what a child interpreter needs on PYTHONPATH to import it.
+PACKAGE_PARENT = Path(uring_epoll.__file__).resolve().parent.parent
+
+
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child interpreter: the package under test first, then the caller's."""
+    return os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
+
 
 _kernel: uml.KernelBuild | None = None
 _error: uml.KernelBuildError | None = None
