@@ -33,7 +33,8 @@ IN_FRESH_MACHINE_ENV = "URING_EPOLL_IN_FRESH_MACHINE"
 #: Opt-in outside CI (the test takes half an hour: it builds the kernel from scratch).
 OPT_IN_ENV = "URING_EPOLL_FRESH_MACHINE_TEST"
 #: The tree to test (CI points it at the unpacked sdist); default: the checkout above tests/.
-SOURCE_TREE_ENV = "URING_EPOLL_SOURCE_TREE"
+#: The checkout to copy (set by .ci/run; tests/test_packaging.py reads the same variable).
+SOURCE_TREE_ENV = "URING_EPOLL_SOURCE"
 
 SUITE = "bookworm"
 #: Where the source tree goes inside the chroot (the commands run from there, as root).
@@ -123,12 +124,14 @@ def readme_commands(readme: Path) -> dict[str, str]:
 
 
 def source_tree() -> Path | None:
-    """``$URING_EPOLL_SOURCE_TREE``, else the checkout above tests/ if it holds pyproject.toml."""
+    """``$URING_EPOLL_SOURCE``, else the checkout above tests/ if it is one (a copy of tests/
+    beside a pyproject.toml, as CI runs them, is not)."""
     env = os.environ.get(SOURCE_TREE_ENV)
     if env:
         return Path(env).resolve()
     root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").is_file() else None
+    is_checkout = (root / "pyproject.toml").is_file() and (root / "uring_epoll").is_dir()
+    return root if is_checkout else None
 
 
 def copy_source_tree(src: Path, dest: Path) -> None:
