@@ -21,7 +21,7 @@ import pytest
 from backends import ALL, all_backends, ring_backends
 
 import uring_epoll
-from uring_epoll import EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT, EVENT_DTYPE
+from uring_epoll import EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT, EVENT_DTYPE, testing
 
 ET_IN = EPOLLIN | EPOLLET
 
@@ -176,6 +176,21 @@ class TestSameExceptionsAsSelectEpoll:
             lambda: ours.register(ours.fileno(), ET_IN), lambda: std.register(std.fileno(), ET_IN)
         )
         assert exc.errno == errno.EINVAL
+
+    def test_registering_a_dup_of_itself_is_einval(self, backend, pair) -> None:
+        ours, std = pair
+        ours_dup, std_dup = os.dup(ours.fileno()), os.dup(std.fileno())
+        try:
+            for op in ("register", "modify", "unregister"):
+                args = () if op == "unregister" else (ET_IN,)
+                exc = same_error(
+                    lambda op=op, args=args: getattr(ours, op)(ours_dup, *args),
+                    lambda op=op, args=args: getattr(std, op)(std_dup, *args),
+                )
+                assert exc.errno == errno.EINVAL, op
+        finally:
+            os.close(ours_dup)
+            os.close(std_dup)
 
     def test_empty_mask_then_modify(self, backend, pair) -> None:
         ours, std = pair
@@ -489,6 +504,40 @@ class TestObject:
             os.eventfd_write(efd, 1)
             assert outer.poll(2) == [(ep.fileno(), EPOLLIN)]
             assert ep.poll(2) == [(efd, EPOLLIN)]
+
+    def test_fileno_is_readable_while_events_wait_in_the_ring(self, backend, efd) -> None:
+        """Readable while events wait, also once the thread backend's poller has moved them
+        off its inner epoll into the ring (testing.sync), and no longer once a poll found
+        nothing: a level-triggered outer loop neither misses events nor spins."""
+        with uring_epoll.epoll(backend=backend) as ep, select.epoll() as outer:
+            ep.register(efd, ET_IN)
+            outer.register(ep.fileno(), EPOLLIN)
+            assert outer.poll(0) == []
+            os.eventfd_write(efd, 1)
+            testing.sync(ep)
+            assert outer.poll(0) == [(ep.fileno(), EPOLLIN)]
+            assert outer.poll(0) == [(ep.fileno(), EPOLLIN)]  # level-triggered: still
+            assert ep.poll(0) == [(efd, EPOLLIN)]
+            assert ep.poll(0) == []
+            assert outer.poll(0) == []
+
+    def test_fileno_readiness_follows_partial_drains_and_timeouts(self, backend, eventfds) -> None:
+        fds = eventfds(2)
+        with uring_epoll.epoll(backend=backend) as ep, select.epoll() as outer:
+            for fd in fds:
+                ep.register(fd, ET_IN)
+            outer.register(ep.fileno(), EPOLLIN)
+            for fd in fds:
+                os.eventfd_write(fd, 1)
+            testing.sync(ep)
+            assert len(ep.poll(0, 1)) == 1
+            assert outer.poll(0) == [(ep.fileno(), EPOLLIN)]  # one still waits
+            assert len(ep.poll(0, 1)) == 1
+            assert ep.poll(0.01) == []  # a poll that waited and timed out
+            assert outer.poll(0) == []
+            os.eventfd_write(fds[0], 1)
+            assert outer.poll(2) == [(ep.fileno(), EPOLLIN)]
+            assert ep.poll(2) == [(fds[0], EPOLLIN)]
 
     def test_fromfd_of_a_select_epoll_is_the_epoll_backend(self, backend, efd) -> None:
         std = select.epoll()

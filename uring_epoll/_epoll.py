@@ -459,7 +459,8 @@ class epoll:
         return self._closed and not self._fd_gone
 
     def fileno(self) -> int:
-        """The epoll fd (thread backend: its inner epoll fd, or a dup given to fromfd)."""
+        """The epoll fd, or the dup given to fromfd (thread backend: an epoll fd readable while
+        the ring holds events not yet taken)."""
         fd = self._fileno
         self._check_open()
         return fd

@@ -43,7 +43,8 @@ def sync(ep: epoll) -> None:
 
     The kernel (and ``epoll_wait``) publish inside the waker's system call, so this is a
     no-op on the ``kernel`` and ``epoll`` backends. The thread backend's poller publishes a
-    few microseconds later; this publishes what it has not yet, from the calling thread.
+    few microseconds later; this publishes what it has not yet, from the calling thread
+    (and ``ep.fileno()`` polls readable when it returns, if anything is in the ring).
     Call it before comparing one ``poll(0)`` batch with another epoll's.
     """
     if not isinstance(ep, epoll):

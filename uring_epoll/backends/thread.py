@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import abi
 from .._native_lib import ffi, lib, os_error
-from .base import RingBackend, anonymous_shared, closed_error
+from .base import RingBackend, anonymous_shared, closed_error, registered_fds
 
 
 class ThreadBackend(RingBackend):
@@ -55,9 +55,15 @@ class ThreadBackend(RingBackend):
         return emu
 
     def fileno(self) -> int:
-        # The inner epoll: readable while the poller has events still to harvest. (A nested
-        # poll of a kernel userpoll epfd reports "ring non-empty" instead; see the README.)
-        return int(lib.ue_emu_inner_fd(self._emu()))
+        # An epoll of the producer's own, readable while the ring holds entries not yet
+        # taken or the poller has events still to harvest, as a nested poll of a kernel
+        # userpoll epfd reports "ring non-empty" (the protocol is at the top of emu.c). Being
+        # an epoll file, it is what fromfd's identity check (shares_file) asks about.
+        return int(lib.ue_emu_poll_fd(self._emu()))
+
+    def live_fds(self) -> set[int]:
+        # The registrations live in the inner epoll, not in the one fileno() returns.
+        return registered_fds(int(lib.ue_emu_inner_fd(self._emu())))
 
     def ctl(self, op: int, fd: int, events: int, data: int) -> None:
         emu = self._emu()

@@ -16,6 +16,56 @@
  * EPOLLREMOVED), and only a 0 -> non-zero transition appends the slot to the index ring.
  * Protocol 5 appends through the wait-free reservation counter; protocol 3 bumps tail first
  * and writes slot + 1 afterwards, which is why its consumer has to wait for non-zero slots.
+ *
+ * The pollable fd (ue_emu_poll_fd, what epoll.fileno() returns). A nested poll of a kernel
+ * userpoll epfd reports "readable" while its ring is non-empty. Here the ring is memory, so
+ * the fd is a small epoll of our own, sig_epfd, holding (level-triggered, EPOLLIN):
+ *
+ *  - inner_epfd: readable while the poller has events still to harvest;
+ *  - ready_efd, an eventfd: readable while e->signalled is 1, which means "the ring may hold
+ *    entries nobody has taken yet".
+ *
+ * The protocol behind signalled, all of it under e->lock, so that at every unlock
+ * signalled == 1 exactly when ready_efd's counter is non-zero:
+ *
+ *  - Producer (publish, with the lock held by every publisher: poller harvests, ctl,
+ *    ue_emu_inject and through it the C injector threads): before appending an entry, if
+ *    signalled is 0, set it to 1 and note that ready_efd must be written; after the append,
+ *    still under the lock, write it (signal_flush). The store of signalled comes before the
+ *    RELEASE that publishes tail, so a consumer that took the entry (ACQUIRE of tail, or of
+ *    the protocol-3 slot) sees signalled == 1 or a later value: its lock-free test below
+ *    cannot skip a clear that is due. Only a 0 -> 1 transition writes: while events flow
+ *    and nobody finds the ring empty, publishing costs no extra system call.
+ *  - Consumer (ue__emu_idle): only on the paths where it found the ring empty, which
+ *    already cost a system call: ue_poll returning 0, and ue__emu_wait before the futex
+ *    sleep. A polling call that returns events never clears and never makes a system call
+ *    for this. If signalled (ACQUIRE load; the hint is exact for every entry this consumer
+ *    took, as above) is 1, take the lock and, if head == tail, read ready_efd to zero and
+ *    store signalled = 0. Under the lock no producer can append, so "head == tail" is the
+ *    truth at the moment of the clear, and the next append sees signalled == 0 and signals
+ *    again: this is the clear-then-recheck, with the lock standing in for the barriers.
+ *
+ * Races, and why none loses readiness or keeps spurious readiness for long:
+ *
+ *  - Publish vs clear: both hold the lock, so they are ordered; the clear tests emptiness
+ *    with tail frozen. A clear that comes first leaves signalled 0 for the publish to see;
+ *    a publish that comes first makes the ring non-empty, and the clear does nothing.
+ *  - Between the harvest taking an event off inner_epfd and the ready_efd write, both under
+ *    the lock, sig_epfd can look not-ready for an instant; the write then wakes any waiter
+ *    (as a kernel epfd's wake-up follows its ring append). ue_emu_sync returns only after
+ *    both, so a nested poll after testing.sync() sees the event.
+ *  - Several consumers: drains do not take e->lock, so a clear can see head != tail while
+ *    another consumer is between taking the last entries and storing head; then nothing is
+ *    cleared, and sig_epfd stays readable over an empty ring until the next empty-path call
+ *    (the next poll that returns nothing clears it). A level-triggered outer loop therefore
+ *    sees at most one extra wake-up, never a persistent one. Two clears serialise on the
+ *    lock; the second finds signalled 0 and does nothing.
+ *  - A consumer draining entries published after the test in ue__emu_idle: it found the ring
+ *    non-empty (no clear) or cleared before the append (the append re-signals).
+ *  - close(): ue_consumer_close + ue_emu_stop + ue_consumer_quiesce run before ue_emu_free,
+ *    so no poller write and no consumer read of ready_efd can run once it is closed (its
+ *    number reused). A sig_epfd registered in someone else's epoll leaves it when closed.
+ *  - fork: the child never touches the emulator (after_fork_in_child).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -53,6 +103,8 @@ struct ue_emu {
 	struct ue_ring ring;
 	int inner_epfd;
 	int stop_efd;
+	int sig_epfd;  /* what fileno() returns: inner_epfd and ready_efd, level-triggered */
+	int ready_efd; /* readable while signalled is 1 (see the top of this file) */
 	pthread_t thread;
 	int thread_started;
 	pthread_mutex_t lock; /* registrations, inner epoll harvests */
@@ -64,6 +116,8 @@ struct ue_emu {
 	uint32_t waiters;      /* consumers sleeping on the tail futex */
 	int thread_error;      /* errno that stopped the poller, 0 while healthy */
 	uint64_t published;    /* ring entries appended */
+	uint32_t signalled;    /* 1: ready_efd is (about to be) readable; written under lock */
+	int signal_due;	       /* signalled went 0 -> 1: write ready_efd before unlocking */
 };
 
 static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
@@ -129,6 +183,15 @@ static void publish(struct ue_emu *e, uint32_t slot, uint32_t flags)
 					      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
 	if (old != 0)
 		return; /* already has its one ring entry */
+	/*
+	 * Before the append: the RELEASE that publishes tail (append_v5's tail add, append_v3's
+	 * slot store) orders this store before the entry, for the consumer's lock-free test in
+	 * ue__emu_idle. The eventfd itself is written after the append (signal_flush).
+	 */
+	if (!__atomic_load_n(&e->signalled, __ATOMIC_RELAXED)) {
+		__atomic_store_n(&e->signalled, 1, __ATOMIC_RELAXED);
+		e->signal_due = 1;
+	}
 	if (e->ring.protocol == 5)
 		append_v5(e, slot);
 	else
@@ -145,6 +208,51 @@ static void wake_consumers(struct ue_emu *e)
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&e->waiters, __ATOMIC_RELAXED))
 		futex(&e->ring.hdr->tail, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+}
+
+/* Make ready_efd readable after a 0 -> 1 of signalled. Called with e->lock held. */
+static void signal_flush(struct ue_emu *e)
+{
+	uint64_t one = 1;
+
+	if (!e->signal_due)
+		return;
+	e->signal_due = 0;
+	/* Cannot fail: the counter is 0 (signalled was 0) and the fd is open until free. */
+	if (write(e->ready_efd, &one, sizeof(one)) != sizeof(one))
+		__atomic_store_n(&e->signalled, 0, __ATOMIC_RELAXED); /* keep the invariant */
+}
+
+/*
+ * A consumer found the ring empty: unless entries arrived meanwhile, make sig_epfd stop
+ * reporting it non-empty. The protocol and its races are described at the top of this file.
+ */
+void ue__emu_idle(struct ue_emu *e)
+{
+	uint64_t v;
+	uint32_t head;
+
+	/*
+	 * The lock-free test is a hint, exact where it matters: this ACQUIRE of tail pairs with
+	 * the producer's RELEASE of it, which follows its store of signalled = 1, so for every
+	 * entry below the tail we read we see that 1 (or a later clear's 0).
+	 */
+	(void)__atomic_load_n(&e->ring.hdr->tail, __ATOMIC_ACQUIRE);
+	if (!__atomic_load_n(&e->signalled, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&e->lock);
+	/*
+	 * No producer appends while we hold the lock: tail is frozen, and head == tail means
+	 * empty now. ACQUIRE on head pairs with the consumers' RELEASE store of head.
+	 */
+	head = __atomic_load_n(&e->ring.hdr->head, __ATOMIC_ACQUIRE);
+	if (__atomic_load_n(&e->signalled, __ATOMIC_RELAXED) &&
+	    head == __atomic_load_n(&e->ring.hdr->tail, __ATOMIC_RELAXED)) {
+		/* Non-blocking; the counter is non-zero here (the invariant under the lock). */
+		if (read(e->ready_efd, &v, sizeof(v)) == sizeof(v) || errno == EAGAIN)
+			__atomic_store_n(&e->signalled, 0, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&e->lock);
 }
 
 /* Take everything ready off the inner epoll and publish it. Called with e->lock held. */
@@ -170,6 +278,7 @@ static int harvest_locked(struct ue_emu *e)
 	} while (n == HARVEST_BATCH);
 	if (e->published != before)
 		wake_consumers(e);
+	signal_flush(e);
 	return 0;
 }
 
@@ -228,6 +337,8 @@ int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t t
 		return -err;
 	if (!__atomic_load_n(&e->thread_started, __ATOMIC_ACQUIRE))
 		return -EPIPE;
+	/* About to sleep on an empty ring: sig_epfd must not stay readable meanwhile. */
+	ue__emu_idle(e);
 	if (timeout_ns >= 0) {
 		ts.tv_sec = timeout_ns / 1000000000ll;
 		ts.tv_nsec = timeout_ns % 1000000000ll;
@@ -262,6 +373,14 @@ int ue__emu_wait(struct ue_emu *e, uint32_t *tail, uint32_t seen_tail, int64_t t
 	if (err)
 		return -err;
 	return 0;
+}
+
+/* Level-triggered: sig_epfd is readable exactly while one of its two members is. */
+static int sig_add(int epfd, int fd)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
 }
 
 struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t index_len,
@@ -307,12 +426,35 @@ struct ue_emu *ue_emu_new(void *header, size_t header_len, void *index, size_t i
 	e->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (e->stop_efd < 0) {
 		*err = -errno;
-		close(e->inner_epfd);
-		goto fail_regs;
+		goto fail_inner;
+	}
+	e->ready_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (e->ready_efd < 0) {
+		*err = -errno;
+		goto fail_stop;
+	}
+	e->sig_epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (e->sig_epfd < 0) {
+		*err = -errno;
+		goto fail_ready;
+	}
+	ret = sig_add(e->sig_epfd, e->inner_epfd);
+	if (!ret)
+		ret = sig_add(e->sig_epfd, e->ready_efd);
+	if (ret) {
+		*err = ret;
+		close(e->sig_epfd);
+		goto fail_ready;
 	}
 	pthread_mutex_init(&e->lock, NULL);
 	return e;
 
+fail_ready:
+	close(e->ready_efd);
+fail_stop:
+	close(e->stop_efd);
+fail_inner:
+	close(e->inner_epfd);
 fail_regs:
 	free(e->regs);
 	free(e);
@@ -398,6 +540,20 @@ static int inner_ctl(struct ue_emu *e, int op, int fd, uint32_t events, uint32_t
 	return epoll_ctl(e->inner_epfd, op, fd, &ev) ? -errno : 0;
 }
 
+/*
+ * True if fd is (a dup of) sig_epfd, the fd epoll.fileno() returns: epoll_ctl on an epfd with
+ * its own file as the target is EINVAL, and the caller's ctl must say so, as a plain epoll's
+ * does. The kernel makes the same test before any other on a MOD of sig_epfd; a MOD of fd
+ * there changes nothing that matters (ENOENT unless fd is one of its two members, which it
+ * sets to what they already are). Only asked on paths that are failing anyway.
+ */
+static int is_own_file(struct ue_emu *e, int fd)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+
+	return epoll_ctl(e->sig_epfd, EPOLL_CTL_MOD, fd, &ev) < 0 && errno == EINVAL;
+}
+
 int ue_emu_ctl(struct ue_emu *e, int op, int fd, uint32_t events, uint64_t data)
 {
 	struct ue_uitem *item;
@@ -433,6 +589,8 @@ int ue_emu_ctl(struct ue_emu *e, int op, int fd, uint32_t events, uint64_t data)
 			break;
 		}
 		ret = inner_ctl(e, EPOLL_CTL_ADD, fd, events, (uint32_t)first);
+		if (ret == -ELOOP && is_own_file(e, fd))
+			ret = -EINVAL; /* sig_epfd holds inner_epfd: the loop is itself */
 		if (ret)
 			break;
 		if (slot >= 0)
@@ -463,6 +621,8 @@ int ue_emu_ctl(struct ue_emu *e, int op, int fd, uint32_t events, uint64_t data)
 			/* Not ours; let the inner epoll pick the errno (EBADF, EPERM, ENOENT). */
 			ret = inner_ctl(e, EPOLL_CTL_MOD, fd, events, 0);
 			ret = ret == 0 ? -ENOENT : ret;
+			if (ret == -ENOENT && is_own_file(e, fd))
+				ret = -EINVAL;
 			break;
 		}
 		item = &e->ring.items[slot];
@@ -483,6 +643,8 @@ int ue_emu_ctl(struct ue_emu *e, int op, int fd, uint32_t events, uint64_t data)
 		if (slot < 0) {
 			ret = inner_ctl(e, EPOLL_CTL_DEL, fd, 0, 0);
 			ret = ret == 0 ? -ENOENT : ret;
+			if (ret == -ENOENT && is_own_file(e, fd))
+				ret = -EINVAL;
 			break;
 		}
 		ret = inner_ctl(e, EPOLL_CTL_DEL, fd, 0, 0);
@@ -513,6 +675,7 @@ int ue_emu_inject(struct ue_emu *e, int fd, uint32_t events)
 		publish(e, (uint32_t)slot, events);
 		if (e->published != before)
 			wake_consumers(e);
+		signal_flush(e);
 	}
 	pthread_mutex_unlock(&e->lock);
 	return ret;
@@ -558,6 +721,11 @@ int ue_emu_inner_fd(struct ue_emu *e)
 	return e->inner_epfd;
 }
 
+int ue_emu_poll_fd(struct ue_emu *e)
+{
+	return e->sig_epfd;
+}
+
 int ue_emu_thread_error(struct ue_emu *e)
 {
 	return __atomic_load_n(&e->thread_error, __ATOMIC_ACQUIRE);
@@ -584,6 +752,8 @@ void ue_emu_free(struct ue_emu *e)
 	if (!e)
 		return;
 	ue_emu_stop(e);
+	close(e->sig_epfd);
+	close(e->ready_efd);
 	close(e->inner_epfd);
 	close(e->stop_efd);
 	pthread_mutex_destroy(&e->lock);

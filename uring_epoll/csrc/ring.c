@@ -506,6 +506,9 @@ long ue_poll(struct ue_consumer *c, void *out, uint64_t *data_out, uint32_t maxe
 	/* Counted so that close can wait for us before the producer's memory goes. */
 	__atomic_fetch_add(&c->inflight, 1, __ATOMIC_SEQ_CST);
 	ret = poll_inner(c, out, data_out, maxevents, timeout_ns);
+	/* Emulator: the ring was empty, so its pollable fd must stop saying otherwise. */
+	if (ret == 0 && c->mode == UE_WAIT_FUTEX)
+		ue__emu_idle(c->emu);
 	__atomic_fetch_sub(&c->inflight, 1, __ATOMIC_RELEASE);
 	return ret;
 }

@@ -24,7 +24,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 16
+#define UE_NATIVE_VERSION 17
 
 /*
  * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
@@ -152,6 +152,8 @@ int ue_emu_inject(struct ue_emu *emu, int fd, uint32_t events);
 int ue_emu_sync(struct ue_emu *emu);
 int ue_emu_forget(struct ue_emu *emu, int fd);
 int ue_emu_inner_fd(struct ue_emu *emu);
+/* What epoll.fileno() is: readable while the ring holds entries or the poller has events. */
+int ue_emu_poll_fd(struct ue_emu *emu);
 int ue_emu_thread_error(struct ue_emu *emu);
 int ue_emu_stop(struct ue_emu *emu);
 void ue_emu_free(struct ue_emu *emu);

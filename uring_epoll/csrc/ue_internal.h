@@ -22,4 +22,11 @@ int ue_ring_attach(struct ue_ring *ring, void *header, size_t header_len, void *
 int ue__emu_wait(struct ue_emu *emu, uint32_t *tail, uint32_t seen_tail, int64_t timeout_ns,
 		 const int *closing);
 
+/*
+ * A consumer found the ring empty (emu.c): unless entries arrived meanwhile, the emulator's
+ * pollable fd (ue_emu_poll_fd) stops reporting the ring non-empty. A load when nothing was
+ * signalled since the last call; else the emulator's lock and one eventfd read.
+ */
+void ue__emu_idle(struct ue_emu *emu);
+
 #endif
