@@ -72,7 +72,6 @@ def sanitized_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("sanitized")
     shutil.copytree(PACKAGE, tree / "uring_epoll", ignore=_ignore)
     shutil.copytree(TESTS, tree / "tests", ignore=_ignore)
-    shutil.copy(TESTS.parent / "pyproject.toml", tree / "pyproject.toml")
     env = {**os.environ, "URING_EPOLL_SANITIZE": "1", "URING_EPOLL_WERROR": "1"}
     for builder in ("_native_build.py", "_bench_native_build.py"):
         done = subprocess.run(
@@ -84,6 +83,10 @@ def sanitized_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
             timeout=BUILD_TIMEOUT,
         )
         assert done.returncode == 0, f"sanitizer build failed:\n{done.stdout}\n{done.stderr}"
+    # The pytest configuration, copied only now: setuptools (which cffi compiles with) reads
+    # a pyproject.toml in its working directory, and an older one than the package's build
+    # needs refuses its PEP 639 license field.
+    shutil.copy(TESTS.parent / "pyproject.toml", tree / "pyproject.toml")
     return tree
 
 
