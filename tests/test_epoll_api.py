@@ -6,7 +6,10 @@ and requires the same exception type (and errno): the stdlib is the specificatio
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import gc
+import mmap
 import os
 import select
 import signal
@@ -1015,6 +1018,54 @@ def test_parent_object_in_a_fork_child_raises_runtime_error(backend, efd, call) 
         # The parent is unaffected.
         os.eventfd_write(efd, 1)
         assert ep.poll(2) == [(efd, EPOLLIN)]
+    finally:
+        ep.close()
+
+
+def test_reserve_takes_a_free_range_and_never_a_mapped_one() -> None:
+    """The placeholder the kernel backend puts where a fork child's uninherited ring was."""
+    from uring_epoll._native_lib import ffi, lib
+
+    length = 2 * mmap.PAGESIZE
+    m = mmap.mmap(-1, length)
+    addr = int(ffi.cast("uintptr_t", ffi.from_buffer(m)))
+    assert lib.ue_sys_reserve(addr, length) == -errno.EEXIST
+    assert lib.ue_sys_reserve(addr + mmap.PAGESIZE, mmap.PAGESIZE) == -errno.EEXIST
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap(addr, length)  # m now points at nothing; it is never read again
+    assert lib.ue_sys_reserve(addr, length) == 0
+    with open("/proc/self/maps") as maps:
+        ranges = [line.split()[0] for line in maps]
+    assert f"{addr:x}-{addr + length:x}" in ranges
+    assert lib.ue_sys_reserve(addr, length) == -errno.EEXIST
+
+
+@all_backends
+def test_parent_ring_view_dropped_in_a_fork_child_spares_the_childs_ring(backend, efd) -> None:
+    """A view of the parent's ring kept across fork keeps the parent's mmap object alive in
+    the child, where the kernel ring it maps was not inherited. The child's own ring may be
+    mapped at the same addresses (the lowest free hole); dropping the view afterwards must not
+    unmap the child's ring under it."""
+    ep = uring_epoll.epoll(backend=backend)
+    try:
+        ep.register(efd, ET_IN)
+        assert ep.poll(0) == []
+        views = (ep.header, ep.items, ep.index) if ep.max_items else ()
+
+        def child() -> int:
+            nonlocal views
+            with uring_epoll.epoll(backend=backend) as mine:
+                fd = os.eventfd(1, os.EFD_NONBLOCK)
+                mine.register(fd, ET_IN)
+                views = ()
+                gc.collect()
+                return 0 if mine.poll(2) == [(fd, EPOLLIN)] else 3
+
+        assert run_in_child(child) == 0
+        os.eventfd_write(efd, 1)
+        assert ep.poll(2) == [(efd, EPOLLIN)]
+        assert views == () or int(views[0]["magic"]) == uring_epoll.abi.USERPOLL_MAGIC
     finally:
         ep.close()
 

@@ -24,7 +24,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 17
+#define UE_NATIVE_VERSION 18
 
 /*
  * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
@@ -173,6 +173,11 @@ int ue_sys_epoll_wait(int epfd, void *events, int maxevents, int timeout_ms);
 int ue_sys_epoll_wait_null(int epfd, int timeout_ms);
 int ue_sys_epoll_wait_ns(int epfd, void *events, int maxevents, int64_t timeout_ns);
 int ue_sys_eventfd(unsigned int initval, int flags);
+/*
+ * Map an inaccessible placeholder at exactly [addr, addr + length), never over a mapping:
+ * 0, -EEXIST when something is mapped there, or -errno.
+ */
+int ue_sys_reserve(uintptr_t addr, size_t length);
 
 /*
  * Entry points for C code in other extension modules (the benchmark producers and drain
