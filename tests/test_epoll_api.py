@@ -6,7 +6,10 @@ and requires the same exception type (and errno): the stdlib is the specificatio
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import gc
+import mmap
 import os
 import select
 import signal
@@ -1064,6 +1067,117 @@ def test_parent_object_in_a_fork_child_raises_runtime_error(backend, efd, call) 
         # The parent is unaffected.
         os.eventfd_write(efd, 1)
         assert ep.poll(2) == [(efd, EPOLLIN)]
+    finally:
+        ep.close()
+
+
+def _eventpoll_mappings() -> list[tuple[int, int]]:
+    """The address ranges of this process's EPOLL_USERPOLL ring mappings."""
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "[eventpoll]" in line:
+                start, end = (int(v, 16) for v in line.split()[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+def _fresh_memory_reads_zeros(start: int, length: int) -> bool:
+    """Map anonymous memory at *start* (never over a mapping) and check it reads as zeros."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x100000  # MAP_FIXED_NOREPLACE
+    addr = libc.mmap(start, length, mmap.PROT_READ, flags, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value) or addr != start:
+        raise OSError(ctypes.get_errno(), f"mmap at {start:#x}")
+    try:
+        return ctypes.string_at(addr, length) == bytes(length)
+    finally:
+        libc.munmap(addr, length)
+
+
+@all_backends
+def test_new_epoll_in_a_fork_child_while_the_parent_ring_is_live(backend, efd) -> None:
+    """Issue 10 item 8. Inside User-Mode Linux a fork child's host address space kept the
+    parent's ring pages (VM_DONTCOPY areas the child does not inherit): the child's first
+    kernel-backend epoll read its parent's index ring there ("bad userpoll magic 0x0"), or its
+    parent's header, and spun on ESTALE while its own ring filled elsewhere. The child must get
+    a working epoll of its own, see none of its parent's ring memory, and leave it alone."""
+    ep = uring_epoll.epoll(backend=backend)
+    try:
+        ep.register(efd, ET_IN)
+        os.eventfd_write(efd, 1)
+        assert ep.poll(2) == [(efd, EPOLLIN)]  # the parent's ring is mapped and in use
+        parent_rings = _eventpoll_mappings() if backend == "kernel" else []
+        assert parent_rings or backend != "kernel"
+
+        def child() -> int:
+            for start, end in parent_rings:  # not inherited, and nothing of them left
+                if not _fresh_memory_reads_zeros(start, end - start):
+                    return 7
+            with uring_epoll.epoll(backend=backend) as mine:
+                fd = os.eventfd(1, os.EFD_NONBLOCK)
+                mine.register(fd, ET_IN)
+                if mine.poll(2) != [(fd, EPOLLIN)]:
+                    return 3
+                os.eventfd_read(fd)
+                os.eventfd_write(fd, 1)
+                return 0 if mine.poll(2) == [(fd, EPOLLIN)] else 4
+
+        assert run_in_child(child) == 0
+        # The parent's ring is unaffected.
+        os.eventfd_write(efd, 1)
+        assert ep.poll(2) == [(efd, EPOLLIN)]
+    finally:
+        ep.close()
+
+
+def test_reserve_takes_a_free_range_and_never_a_mapped_one() -> None:
+    """The placeholder the kernel backend puts where a fork child's uninherited ring was."""
+    from uring_epoll._native_lib import ffi, lib
+
+    length = 2 * mmap.PAGESIZE
+    m = mmap.mmap(-1, length)
+    addr = int(ffi.cast("uintptr_t", ffi.from_buffer(m)))
+    assert lib.ue_sys_reserve(addr, length) == -errno.EEXIST
+    assert lib.ue_sys_reserve(addr + mmap.PAGESIZE, mmap.PAGESIZE) == -errno.EEXIST
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap(addr, length)  # m now points at nothing; it is never read again
+    assert lib.ue_sys_reserve(addr, length) == 0
+    with open("/proc/self/maps") as maps:
+        ranges = [line.split()[0] for line in maps]
+    assert f"{addr:x}-{addr + length:x}" in ranges
+    assert lib.ue_sys_reserve(addr, length) == -errno.EEXIST
+
+
+@all_backends
+def test_parent_ring_view_dropped_in_a_fork_child_spares_the_childs_ring(backend, efd) -> None:
+    """A view of the parent's ring kept across fork keeps the parent's mmap object alive in
+    the child, where the kernel ring it maps was not inherited. The child's own ring may be
+    mapped at the same addresses (the lowest free hole); dropping the view afterwards must not
+    unmap the child's ring under it."""
+    ep = uring_epoll.epoll(backend=backend)
+    try:
+        ep.register(efd, ET_IN)
+        assert ep.poll(0) == []
+        views = (ep.header, ep.items, ep.index) if ep.max_items else ()
+
+        def child() -> int:
+            nonlocal views
+            with uring_epoll.epoll(backend=backend) as mine:
+                fd = os.eventfd(1, os.EFD_NONBLOCK)
+                mine.register(fd, ET_IN)
+                views = ()
+                gc.collect()
+                return 0 if mine.poll(2) == [(fd, EPOLLIN)] else 3
+
+        assert run_in_child(child) == 0
+        os.eventfd_write(efd, 1)
+        assert ep.poll(2) == [(efd, EPOLLIN)]
+        assert views == () or int(views[0]["magic"]) == uring_epoll.abi.USERPOLL_MAGIC
     finally:
         ep.close()
 

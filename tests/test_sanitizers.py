@@ -29,6 +29,7 @@ SUITE = [
     "tests/test_ring_fuzz.py",  # the drain on random ring states
     "tests/test_threads.py",  # consumers on several threads, close while polling (emu.c)
     "tests/test_bounded_waits.py",  # spin, stuck protocol-3 slots, signals
+    "tests/test_estale_bound.py",  # the kernel-mode sleep loop against a faked ESTALE
     "tests/test_testing_hooks.py",  # inject/sync into the emulator
     "tests/test_epoll_api.py",  # the whole select.epoll surface, poll_into's buffer checks
     "tests/test_load.py",  # the C producer threads (producers.c) against the consumer

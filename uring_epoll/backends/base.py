@@ -294,6 +294,14 @@ class RingMemory:
     def corrupt_error(self) -> OSError:
         """The OSError(EBADMSG) for the corrupt entry the consumer just stopped at."""
         c = self.consumer
+        if c.bad_kind == 4:
+            return OSError(
+                errno.EBADMSG,
+                f"EPOLL_USERPOLL ring and kernel disagree: the kernel ended "
+                f"{lib.UE_ESTALE_STUCK} sleeps in a row with ESTALE (entries in the ring) "
+                f"while the ring mapped here stayed empty (head = tail = {c.bad_position}): "
+                "this mapping is not the memory the kernel fills",
+            )
         if c.bad_kind == 3:
             what = (
                 f"index entry at head {c.bad_position} (tail {c.bad_value}) was reserved "

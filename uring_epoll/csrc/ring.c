@@ -353,6 +353,32 @@ static int ring_empty(struct ue_consumer *c)
 }
 
 /*
+ * Kernel mode: a sleep ended with -ESTALE, the kernel's word that the ring holds entries. The
+ * ring read head and tail (as seen here) just before the sleep. True once the kernel has
+ * said so UE_ESTALE_STUCK times in a row while the ring here was empty before the sleep and
+ * has not changed since: the kernel and this mapping disagree about the ring (it is not the
+ * memory the kernel fills), so every further sleep would end at once. Shared by the threads
+ * polling this consumer; any change of head or tail, ours or another thread's, starts over.
+ */
+static int estale_without_progress(struct ue_consumer *c, uint32_t head, uint32_t tail)
+{
+	uint32_t now_head = __atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED);
+	uint32_t now_tail = __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
+
+	if (head != tail || now_head != head || now_tail != tail) {
+		__atomic_store_n(&c->estale_idle, 0, __ATOMIC_RELAXED);
+		return 0;
+	}
+	if (__atomic_add_fetch(&c->estale_idle, 1, __ATOMIC_RELAXED) < UE_ESTALE_STUCK)
+		return 0;
+	__atomic_store_n(&c->estale_idle, 0, __ATOMIC_RELAXED);
+	consumer_lock(c);
+	mark_bad(c, 4, head, tail);
+	consumer_unlock(c);
+	return 1;
+}
+
+/*
  * The consumer this thread's last ue_poll returned -EINTR for after a spin or a busy slice:
  * the caller is calling again at once (its signal handlers having run), and this call goes
  * to sleep without spinning first. Per thread, so that pollers on other threads keep theirs.
@@ -443,11 +469,15 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 				 (int)((left + 999999) / 1000000 > INT_MAX ?
 					       INT_MAX :
 					       (left + 999999) / 1000000);
+			uint32_t head = __atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED);
+			uint32_t tail = __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
 			int ret = ue_sys_epoll_wait_null(c->epfd, ms);
 
 			may_spin = 1;
 			if (ret == -ESTALE) {
 				c->stats.estale++;
+				if (estale_without_progress(c, head, tail))
+					return -EBADMSG;
 				continue;
 			}
 			if (ret < 0)

@@ -8,10 +8,15 @@
 #include <limits.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "ue.h"
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
 
 int ue_sys_epoll_create2(long nr, int flags, size_t size)
 {
@@ -56,4 +61,20 @@ int ue_sys_eventfd(unsigned int initval, int flags)
 	int ret = eventfd(initval, flags);
 
 	return ret < 0 ? -errno : ret;
+}
+
+int ue_sys_reserve(uintptr_t addr, size_t length)
+{
+	void *want = (void *)addr;
+	void *got = mmap(want, length, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (got == MAP_FAILED)
+		return -errno;
+	if (got != want) {
+		/* A kernel before 4.17 took the address as a hint only. */
+		munmap(got, length);
+		return -EEXIST;
+	}
+	return 0;
 }

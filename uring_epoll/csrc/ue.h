@@ -24,7 +24,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 17
+#define UE_NATIVE_VERSION 19
 
 /*
  * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
@@ -43,6 +43,13 @@
 #define UE_BUSY_SLICE_NS 10000000
 /* Protocol 3: a slot reserved this long and still unwritten makes the drain fail (EBADMSG). */
 #define UE_V3_STUCK_NS 1000000000
+/*
+ * Kernel mode: this many sleeps in a row ended by -ESTALE ("entries in the ring") while the ring
+ * as mapped here stayed empty and unchanged make ue_poll fail with -EBADMSG (bad_kind 4): the
+ * kernel fills other memory than this mapping, and sleeping again would return at once, for
+ * ever. A true ESTALE moves tail (or another consumer's drain moves head) before we look.
+ */
+#define UE_ESTALE_STUCK 64
 
 enum ue_wait_mode {
 	UE_WAIT_KERNEL = 1, /* epoll_wait(epfd, NULL, 0, ms) on a userpoll epfd */
@@ -76,7 +83,9 @@ struct ue_consumer {
 	uint32_t bad_value;
 	/*
 	 * 1: slot out of range, 2: tail - head larger than the ring, 3 (protocol 3): the slot at
-	 * head reserved (tail = bad_value) but never written for UE_V3_STUCK_NS.
+	 * head reserved (tail = bad_value) but never written for UE_V3_STUCK_NS, 4: the kernel
+	 * said "entries in the ring" UE_ESTALE_STUCK times in a row while head = tail =
+	 * bad_position here.
 	 */
 	uint32_t bad_kind;
 	/* private: */
@@ -85,6 +94,7 @@ struct ue_consumer {
 	uint64_t stuck_since; /* when drains started stopping there (0: they do not) */
 	int closing;	   /* set by ue_consumer_close: every poll returns -EBADF */
 	uint32_t inflight; /* threads inside ue_poll */
+	uint32_t estale_idle; /* kernel mode: ESTALE sleeps in a row that found nothing new */
 };
 
 /*
@@ -165,6 +175,11 @@ int ue_sys_epoll_wait(int epfd, void *events, int maxevents, int timeout_ms);
 int ue_sys_epoll_wait_null(int epfd, int timeout_ms);
 int ue_sys_epoll_wait_ns(int epfd, void *events, int maxevents, int64_t timeout_ns);
 int ue_sys_eventfd(unsigned int initval, int flags);
+/*
+ * Map an inaccessible placeholder at exactly [addr, addr + length), never over a mapping:
+ * 0, -EEXIST when something is mapped there, or -errno.
+ */
+int ue_sys_reserve(uintptr_t addr, size_t length);
 
 /*
  * Entry points for C code in other extension modules (the benchmark producers and drain
