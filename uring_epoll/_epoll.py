@@ -21,6 +21,7 @@ Semantics, and why they look the way they do:
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import numbers
 import operator
@@ -243,6 +244,27 @@ def _as_fd(obj: Any) -> int:
     return fd
 
 
+@functools.cache
+def _float_timeout_overflow_text() -> str:
+    """CPython's message for a float timeout outside ``_PyTime_t``: it changed within 3.11
+    (3.11.2 says "timestamp too large to convert to C _PyTime_t", 3.11.7 "timestamp out of
+    range for platform time_t"), so it is read once from this interpreter's select.epoll.
+    The probe polls an always-writable pipe end, so it could not block even if a Python
+    accepted an infinite timeout."""
+    r, w = os.pipe()
+    try:
+        with select.epoll() as probe:
+            probe.register(w, select.EPOLLOUT)
+            try:
+                probe.poll(math.inf)
+            except OverflowError as exc:
+                return str(exc)
+    finally:
+        os.close(r)
+        os.close(w)
+    return "timestamp out of range for platform time_t"
+
+
 def _timeout_ns(timeout: Any) -> int:
     """select.epoll's timeout rules, errors included: None, or fewer than 0 whole
     milliseconds, is forever (-1); else nanoseconds (never fewer than asked for)."""
@@ -259,7 +281,7 @@ def _timeout_ns(timeout: Any) -> int:
             raise ValueError("Invalid value NaN (not a number)")
         d = timeout * 1e9
         if not _NS_MIN <= d < -_NS_MIN:  # infinities included
-            raise OverflowError("timestamp out of range for platform time_t")
+            raise OverflowError(_float_timeout_overflow_text())
         ns = math.ceil(d) if d >= 0 else math.floor(d)  # away from zero
     else:  # its integer half: __index__ (never a str that float() would parse)
         try:
