@@ -56,18 +56,7 @@ def test_package_suite_inside_kernel(tmp_path: Path) -> None:
     """The whole non-uml suite and the benchmark suites (once each) against the real kernel,
     with the kernel backend required."""
     result = uml_support.run_in_kernel(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests",
-            "bench",
-            "-m",
-            "not uml",
-        ],
+        uml.pytest_command("tests", "bench", "-m", "not uml"),
         timeout=1800,
         extra_env={
             uml.IN_UML_ENV: "1",

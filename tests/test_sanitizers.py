@@ -129,16 +129,10 @@ def test_sanitized_module_is_the_one_loaded(sanitized_tree: Path) -> None:
 
 def test_c_layer_is_clean_under_asan_and_ubsan(sanitized_tree: Path) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
+        uml.pytest_command(
             *SUITE,
             *(f"--deselect={test}" for test in DESELECT),
-        ],
+        ),
         cwd=sanitized_tree,
         env=_child_env(sanitized_tree),
         capture_output=True,

@@ -80,6 +80,7 @@ __all__ = [
     "missing_build_packages",
     "patches_dir",
     "prune",
+    "pytest_command",
     "read_series",
     "run",
     "run_capture",
@@ -1745,6 +1746,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_cli(argv, args)
 
 
+def pytest_command(*args: str) -> list[str]:
+    """This interpreter running pytest quietly, without a cache folder in the tree it tests
+    (the in-kernel runs and the tests' own child runs all use it)."""
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+
+
 def _cmd_test(args: argparse.Namespace) -> int:
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
@@ -1758,18 +1765,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "tests",
-        "-m",
-        "not uml",
-        *extra,
-    ]
+    argv = pytest_command("tests", "-m", "not uml", *extra)
     env = dict(os.environ, **{IN_UML_ENV: "1", "URING_EPOLL_REQUIRE_KERNEL": "1"})
     return _run_cli(argv, args, env=env, cwd=str(root))
 
