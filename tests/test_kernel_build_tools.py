@@ -50,6 +50,15 @@ def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     return state
 
 
+def apt_answers(monkeypatch: pytest.MonkeyPatch, returncode: int, stderr: str) -> None:
+    """Every apt-get run exits with ``returncode`` and prints ``stderr``, installing nothing."""
+    monkeypatch.setattr(
+        uml.subprocess,
+        "run",
+        lambda cmd, **kwargs: subprocess.CompletedProcess(list(cmd), returncode, "", stderr),
+    )
+
+
 def test_nothing_missing_runs_nothing(machine: dict[str, Any]) -> None:
     assert uml.missing_build_packages(machine["tarball"]) == []
     assert uml.ensure_source(machine["tarball"]) == machine["tarball"]
@@ -85,11 +94,7 @@ def test_a_tool_apt_did_not_provide_is_an_error(
     machine: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     machine["absent"].add("rsync")
-    monkeypatch.setattr(
-        uml.subprocess,
-        "run",
-        lambda cmd, **kwargs: subprocess.CompletedProcess(list(cmd), 0, "", ""),
-    )
+    apt_answers(monkeypatch, 0, "")
     with pytest.raises(uml.KernelSourceError, match="still missing after apt-get install: rsync"):
         uml.ensure_source(machine["tarball"])
 
@@ -98,10 +103,6 @@ def test_a_failing_apt_is_an_error_with_its_output(
     machine: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     machine["absent"].add("bison")
-    monkeypatch.setattr(
-        uml.subprocess,
-        "run",
-        lambda cmd, **kwargs: subprocess.CompletedProcess(list(cmd), 100, "", "E: no network\n"),
-    )
+    apt_answers(monkeypatch, 100, "E: no network\n")
     with pytest.raises(uml.KernelSourceError, match=r"(?s)exit 100.*E: no network"):
         uml.ensure_source(machine["tarball"])

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,8 @@ except ImportError:  # tests/ imported as a package
 CLEANUP_LIMIT = 15.0
 
 
-def group_members(pgid: int) -> list[tuple[int, str]]:
-    """(pid, state) of every live (non-zombie) process whose process group is ``pgid``."""
-    members = []
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every process now."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -45,27 +45,28 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
         except OSError:
             continue
         # The command name is in parentheses and may contain spaces: split after it.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            members.append((int(entry), state))
-    return members
+        yield int(entry), stat[stat.rindex(")") + 2 :].split()
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every live (non-zombie) process whose process group is ``pgid``."""
+    return [
+        (pid, fields[0])
+        for pid, fields in processes()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X")
+    ]
 
 
 def uml_child(parent: int, linux: Path) -> int | None:
     """The pid of the UML main process started by ``parent``, if it exists yet."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, fields in processes():
+        if int(fields[1]) != parent:
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            exe = os.readlink(f"/proc/{entry}/exe")
+            if os.readlink(f"/proc/{pid}/exe") == str(linux):
+                return pid
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == parent and exe == str(linux):
-            return int(entry)
     return None
 
 
