@@ -3,7 +3,7 @@
 The package list is here too, because one package is not found by walking ``uring_epoll/``:
 ``uring_epoll.kernel_patches`` is the repository's top-level ``kernel_patches/`` (the Linux
 patch series, its config fragment and README), mapped into the package so that a wheel carries
-it and ``uring_epoll.uml.patches_dir()`` finds it through importlib.resources. Every other
+it and ``uring_epoll.kernel.patches_dir()`` finds it through importlib.resources. Every other
 package is found, so a new subpackage cannot be left out of the wheel.
 """
 

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from uring_epoll import uml
+from uring_epoll.kernel import (
+    IN_UML_ENV,
+    SELFTEST_DIR,
+    KernelBuildError,
+    compile_selftest,
+    pytest_command,
+    read_series,
+    selftest_sources,
+    selftest_verdict,
+)
 
 try:
     import uml_support
@@ -23,7 +32,7 @@ except ImportError:  # tests/ imported as a package
 
 pytestmark = pytest.mark.uml
 
-SELFTEST_PREFIX = uml.SELFTEST_DIR.as_posix() + "/"
+SELFTEST_PREFIX = SELFTEST_DIR.as_posix() + "/"
 # Shipped with 6.1 itself; the series adds its own next to it.
 STOCK_SELFTESTS = ("epoll_wakeup_test.c",)
 
@@ -32,8 +41,8 @@ def _selftests_of_series() -> list[str]:
     """Selftest sources the series creates, read from the patches (no build at collection)."""
     names = set(STOCK_SELFTESTS)
     try:
-        entries = uml.read_series()
-    except uml.KernelBuildError:
+        entries = read_series()
+    except KernelBuildError:
         return sorted(names)  # reported by the build itself
     pattern = re.compile(r"^\+\+\+ b/" + re.escape(SELFTEST_PREFIX) + r"([^/\s]+\.c)\s*$", re.M)
     for entry in entries:
@@ -46,7 +55,11 @@ SELFTESTS = _selftests_of_series()
 
 def test_kernel_is_uml() -> None:
     result = uml_support.run_in_kernel(
-        [sys.executable, "-c", "from uring_epoll import uml; print(uml.is_inside_uml())"],
+        [
+            sys.executable,
+            "-c",
+            "from uring_epoll.kernel import is_inside_uml; print(is_inside_uml())",
+        ],
         timeout=120,
     )
     assert result.returncode == 0 and result.stdout.strip() == "True"
@@ -56,10 +69,10 @@ def test_package_suite_inside_kernel(tmp_path: Path) -> None:
     """The whole non-uml suite and the benchmark suites (once each) against the real kernel,
     with the kernel backend required."""
     result = uml_support.run_in_kernel(
-        uml.pytest_command("tests", "bench", "-m", "not uml"),
+        pytest_command("tests", "bench", "-m", "not uml"),
         timeout=1800,
         extra_env={
-            uml.IN_UML_ENV: "1",
+            IN_UML_ENV: "1",
             "URING_EPOLL_REQUIRE_KERNEL": "1",
             # The guest shares the host's /tmp; keep its pytest temp dirs out of the host
             # pytest's numbered basetemp rotation.
@@ -72,25 +85,25 @@ def test_package_suite_inside_kernel(tmp_path: Path) -> None:
 def test_selftest_list_matches_tree() -> None:
     """Every *.c in the built tree's selftest dir is run below (nothing silently skipped)."""
     kernel = uml_support.kernel()
-    in_tree = sorted(p.name for p in uml.selftest_sources(kernel))
+    in_tree = sorted(p.name for p in selftest_sources(kernel))
     assert in_tree == SELFTESTS
 
 
 @pytest.mark.parametrize("name", SELFTESTS)
 def test_epoll_selftest(name: str, tmp_path: Path) -> None:
     kernel = uml_support.kernel()
-    source = kernel.src / uml.SELFTEST_DIR / name
+    source = kernel.src / SELFTEST_DIR / name
     assert source.is_file(), f"{name} is not in the built tree {kernel.src}"
     try:
-        binary = uml.compile_selftest(source, kernel, tmp_path)
+        binary = compile_selftest(source, kernel, tmp_path)
     except Exception as exc:  # CalledProcessError: show gcc's diagnostics
         pytest.fail(f"{name} does not compile:\n{getattr(exc, 'stderr', exc)}", pytrace=False)
     # epoll_wakeup_test sleeps and spins in many of its cases, and UML system calls are ~60x
     # slower than the host's: a generous limit, so a timeout means a hang.
     result = uml_support.run_in_kernel([str(binary)], timeout=900, cwd=tmp_path)
-    # Tolerates only uml.UML_UNRUNNABLE cases ending by the harness timeout (busy-waiting
+    # Tolerates only UML_UNRUNNABLE cases ending by the harness timeout (busy-waiting
     # threads on a uniprocessor guest); a kernel splat fails even a passing run.
-    verdict = uml.selftest_verdict(name, result)
+    verdict = selftest_verdict(name, result)
     assert verdict is None, f"{name}: {verdict}"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from uring_epoll import uml
+from uring_epoll.kernel import KernelSourceError, source
 
 
 @pytest.fixture
@@ -42,43 +42,43 @@ def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
             state["absent"].clear()
         return subprocess.CompletedProcess(list(cmd), 0, "", "")
 
-    monkeypatch.setattr(uml.shutil, "which", which)
+    monkeypatch.setattr(source.shutil, "which", which)
     monkeypatch.setattr(Path, "is_file", is_file)
-    monkeypatch.setattr(uml.subprocess, "run", run)
-    monkeypatch.setattr(uml.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(uml, "_apt_updated", False)
+    monkeypatch.setattr(source.subprocess, "run", run)
+    monkeypatch.setattr(source.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(source, "_apt_updated", False)
     return state
 
 
 def apt_answers(monkeypatch: pytest.MonkeyPatch, returncode: int, stderr: str) -> None:
     """Every apt-get run exits with ``returncode`` and prints ``stderr``, installing nothing."""
     monkeypatch.setattr(
-        uml.subprocess,
+        source.subprocess,
         "run",
         lambda cmd, **kwargs: subprocess.CompletedProcess(list(cmd), returncode, "", stderr),
     )
 
 
 def test_nothing_missing_runs_nothing(machine: dict[str, Any]) -> None:
-    assert uml.missing_build_packages(machine["tarball"]) == []
-    assert uml.ensure_source(machine["tarball"]) == machine["tarball"]
+    assert source.missing_build_packages(machine["tarball"]) == []
+    assert source.ensure_source(machine["tarball"]) == machine["tarball"]
     assert machine["commands"] == []
 
 
 def test_each_tool_is_named_by_its_package(machine: dict[str, Any]) -> None:
     machine["absent"].update({"rsync", "xz", "/usr/include/libelf.h"})
-    assert uml.missing_build_packages(machine["tarball"]) == ["rsync", "xz-utils", "libelf-dev"]
+    assert source.missing_build_packages(machine["tarball"]) == ["rsync", "xz-utils", "libelf-dev"]
 
 
 def test_a_missing_source_tarball_asks_for_the_source_package(
     machine: dict[str, Any], tmp_path: Path
 ) -> None:
-    assert uml.missing_build_packages(tmp_path / "absent.tar.xz") == [uml.SOURCE_PACKAGE]
+    assert source.missing_build_packages(tmp_path / "absent.tar.xz") == [source.SOURCE_PACKAGE]
 
 
 def test_one_update_and_one_install_for_everything_missing(machine: dict[str, Any]) -> None:
     machine["absent"].update({"rsync", "bc", "flex"})
-    uml.ensure_source(machine["tarball"])
+    source.ensure_source(machine["tarball"])
     apt = "/usr/bin/apt-get"
     assert machine["commands"] == [
         [apt, "update"],
@@ -86,7 +86,7 @@ def test_one_update_and_one_install_for_everything_missing(machine: dict[str, An
     ]
     # A second shortfall in the same process does not update the lists again.
     machine["absent"].add("rsync")
-    uml.ensure_source(machine["tarball"])
+    source.ensure_source(machine["tarball"])
     assert machine["commands"][2:] == [[apt, "install", "-y", "--no-install-recommends", "rsync"]]
 
 
@@ -95,8 +95,8 @@ def test_a_tool_apt_did_not_provide_is_an_error(
 ) -> None:
     machine["absent"].add("rsync")
     apt_answers(monkeypatch, 0, "")
-    with pytest.raises(uml.KernelSourceError, match="still missing after apt-get install: rsync"):
-        uml.ensure_source(machine["tarball"])
+    with pytest.raises(KernelSourceError, match="still missing after apt-get install: rsync"):
+        source.ensure_source(machine["tarball"])
 
 
 def test_a_failing_apt_is_an_error_with_its_output(
@@ -104,5 +104,5 @@ def test_a_failing_apt_is_an_error_with_its_output(
 ) -> None:
     machine["absent"].add("bison")
     apt_answers(monkeypatch, 100, "E: no network\n")
-    with pytest.raises(uml.KernelSourceError, match=r"(?s)exit 100.*E: no network"):
-        uml.ensure_source(machine["tarball"])
+    with pytest.raises(KernelSourceError, match=r"(?s)exit 100.*E: no network"):
+        source.ensure_source(machine["tarball"])

@@ -1,6 +1,6 @@
 """A damaged kernel cache entry is never trusted.
 
-Every test works on a fake entry published by the real publication path (``uml.build`` with the
+Every test works on a fake entry published by the real publication path (``builder.build`` with the
 compile step replaced: its ``linux`` is a copy of a small host executable, its headers one file)
 under a temporary ``XDG_CACHE_HOME``: the real cache is never touched. The per-process memory of
 verified checksums is cleared after publication, as a new CLI process would start.
@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from uring_epoll import uml
+from uring_epoll.kernel import UML, builder, source, uml
+from uring_epoll.kernel import cache as kernel_cache
+from uring_epoll.kernel import cli as kernel_cli
 
 ELF = Path(shutil.which("true") or "/bin/true").resolve()
 
@@ -33,29 +35,30 @@ class FakeCache:
         self.pdir.mkdir()
         (self.pdir / "0001-fake.patch").write_text("fake\n")
         (self.pdir / "series").write_text("0001-fake.patch\n")
-        (self.pdir / uml.CONFIG_FRAGMENT).write_text("# a complete series has its fragment\n")
+        (self.pdir / source.CONFIG_FRAGMENT).write_text("# a complete series has its fragment\n")
         self.builds = 0
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
         # The CLI builds for the default inputs: make those the fake ones.
-        monkeypatch.setattr(uml, "SOURCE_TARBALL", self.tarball)
-        monkeypatch.setattr(uml, "patches_dir", lambda: self.pdir)
+        monkeypatch.setattr(source, "SOURCE_TARBALL", self.tarball)
+        monkeypatch.setattr(source, "patches_dir", lambda: self.pdir)
         monkeypatch.setattr(
-            uml, "ensure_source", lambda tarball=None, **kw: tarball or self.tarball
+            source, "ensure_source", lambda tarball=None, **kw: tarball or self.tarball
         )
-        monkeypatch.setattr(uml, "_build_into", self._build_into)
-        # raising=False: the same fixture runs against a tree without the verification.
-        monkeypatch.setattr(uml, "_verified", {}, raising=False)
+        monkeypatch.setattr(builder, "_build_into", self._build_into)
+        monkeypatch.setattr(kernel_cache, "_verified", {})
 
-    def _build_into(self, workdir: Path, tarball: Path, pdir: Path, builder: Any) -> None:
+    def _build_into(
+        self, workdir: Path, tarball: Path, pdir: Path, builder: Any, target: Any
+    ) -> None:
         self.builds += 1
         include = workdir / "src" / "usr" / "include" / "linux"
         include.mkdir(parents=True)
         (include / "eventpoll.h").write_text("#define EPOLL_USERPOLL 1\n")
         shutil.copy2(ELF, workdir / "linux")
 
-    def build(self) -> uml.KernelBuild:
-        kernel = uml.build(progress=None)
-        uml._verified.clear()  # what a new process would see
+    def build(self) -> kernel_cache.KernelBuild:
+        kernel = builder.build(UML, progress=None)
+        kernel_cache._verified.clear()  # what a new process would see
         return kernel
 
 
@@ -73,14 +76,14 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeCache:
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """``uring-epoll kernel ARGV`` in this process: (status, stdout, stderr)."""
-    code = uml.main(list(argv))
+    code = kernel_cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
 
 def test_publication_records_the_binary_and_the_headers(cache: FakeCache) -> None:
     kernel = cache.build()
-    record = json.loads((kernel.root / uml.MANIFEST).read_text())
+    record = json.loads((kernel.root / kernel_cache.MANIFEST).read_text())
     data = kernel.linux.read_bytes()
     assert record["linux"] == {
         "size": len(data),
@@ -88,37 +91,37 @@ def test_publication_records_the_binary_and_the_headers(cache: FakeCache) -> Non
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     assert record["headers"]["files"] == 1
-    assert uml.find_kernel() == kernel
+    assert kernel_cache.find_kernel(UML) == kernel
 
 
-def truncate(kernel: uml.KernelBuild) -> None:
+def truncate(kernel: kernel_cache.KernelBuild) -> None:
     with open(kernel.linux, "r+b") as f:
         f.truncate(kernel.linux.stat().st_size // 2)
 
 
-def empty(kernel: uml.KernelBuild) -> None:
+def empty(kernel: kernel_cache.KernelBuild) -> None:
     kernel.linux.write_bytes(b"")
 
 
-def not_executable(kernel: uml.KernelBuild) -> None:
+def not_executable(kernel: kernel_cache.KernelBuild) -> None:
     kernel.linux.chmod(0o644)
 
 
-def same_size_other_bytes(kernel: uml.KernelBuild) -> None:
+def same_size_other_bytes(kernel: kernel_cache.KernelBuild) -> None:
     data = bytearray(kernel.linux.read_bytes())
     data[len(data) // 2] ^= 0xFF
     kernel.linux.write_bytes(bytes(data))
 
 
-def binary_missing(kernel: uml.KernelBuild) -> None:
+def binary_missing(kernel: kernel_cache.KernelBuild) -> None:
     kernel.linux.unlink()
 
 
-def headers_missing(kernel: uml.KernelBuild) -> None:
+def headers_missing(kernel: kernel_cache.KernelBuild) -> None:
     shutil.rmtree(kernel.include)
 
 
-def headers_changed(kernel: uml.KernelBuild) -> None:
+def headers_changed(kernel: kernel_cache.KernelBuild) -> None:
     (kernel.include / "linux" / "eventpoll.h").write_text("#define EPOLL_USERPOLL 2\n")
 
 
@@ -139,7 +142,7 @@ def test_path_names_the_damage_and_the_remedy(
 ) -> None:
     kernel = cache.build()
     assert cli(capsys, "path")[:2] == (0, f"{kernel.linux}\n")
-    uml._verified.clear()
+    kernel_cache._verified.clear()
     damage_it, reason = DAMAGE[damage]
     damage_it(kernel)
     code, out, err = cli(capsys, "path")
@@ -159,7 +162,7 @@ def test_run_refuses_a_damaged_kernel_before_booting(
     assert code == 1
     assert err.startswith("uring-epoll kernel: the cached kernel build") and "--force" in err
     # Through the library too, with the build passed explicitly (as the tests do).
-    with pytest.raises(uml.KernelCacheError, match=DAMAGE[damage][1]):
+    with pytest.raises(kernel_cache.KernelCacheError, match=DAMAGE[damage][1]):
         uml.run(["true"], kernel=kernel, stdout=None, stderr=None)
 
 
@@ -185,12 +188,12 @@ def test_build_replaces_a_damaged_entry(
     assert (code, out) == (0, f"{kernel.linux}\n")
     assert cache.builds == 2
     assert kernel.linux.read_bytes() == good
-    assert not list(uml.cache_root().glob(".tmp-*"))
-    uml._verified.clear()
-    assert uml.find_kernel() == kernel
+    assert not list(kernel_cache.cache_root().glob(".tmp-*"))
+    kernel_cache._verified.clear()
+    assert kernel_cache.find_kernel(UML) == kernel
     # And the library call reports what it replaced.
     DAMAGE[damage][0](kernel)
-    uml._verified.clear()
+    kernel_cache._verified.clear()
     messages = []
 
     class Progress:
@@ -200,17 +203,17 @@ def test_build_replaces_a_damaged_entry(
         def flush(self) -> None:
             pass
 
-    uml.build(progress=Progress())  # type: ignore[arg-type]
+    builder.build(UML, progress=Progress())  # type: ignore[arg-type]
     assert cache.builds == 3
     assert "damaged" in "".join(messages) and "rebuilding" in "".join(messages)
 
 
 def test_an_entry_from_before_the_record_is_checked_and_recorded(cache: FakeCache) -> None:
     kernel = cache.build()
-    record = json.loads((kernel.root / uml.MANIFEST).read_text())
-    (kernel.root / uml.MANIFEST).unlink()
-    assert uml.find_kernel() == kernel
-    assert json.loads((kernel.root / uml.MANIFEST).read_text()) == record
+    record = json.loads((kernel.root / kernel_cache.MANIFEST).read_text())
+    (kernel.root / kernel_cache.MANIFEST).unlink()
+    assert kernel_cache.find_kernel(UML) == kernel
+    assert json.loads((kernel.root / kernel_cache.MANIFEST).read_text()) == record
     assert cache.builds == 1
 
 
@@ -221,14 +224,14 @@ def test_an_entry_from_before_the_record_is_refused_when_damaged(
     cache: FakeCache, damage: str
 ) -> None:
     kernel = cache.build()
-    (kernel.root / uml.MANIFEST).unlink()
+    (kernel.root / kernel_cache.MANIFEST).unlink()
     if damage == "not ELF":
         kernel.linux.write_bytes(b"#!/bin/sh\nexit 0\n" * 100)
     else:
         DAMAGE[damage][0](kernel)
-    with pytest.raises(uml.KernelCacheError, match="damaged"):
-        uml.find_kernel()
-    assert not (kernel.root / uml.MANIFEST).exists()
+    with pytest.raises(kernel_cache.KernelCacheError, match="damaged"):
+        kernel_cache.find_kernel(UML)
+    assert not (kernel.root / kernel_cache.MANIFEST).exists()
 
 
 def test_the_checksum_is_computed_once_per_process_and_binary(
@@ -236,19 +239,19 @@ def test_the_checksum_is_computed_once_per_process_and_binary(
 ) -> None:
     kernel = cache.build()
     hashed: list[Path] = []
-    real = uml._sha256_file
+    real = kernel_cache._sha256_file
 
     def counting(path: Path) -> str:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(uml, "_sha256_file", counting)
+    monkeypatch.setattr(kernel_cache, "_sha256_file", counting)
     for _ in range(3):
-        assert uml.find_kernel() == kernel
+        assert kernel_cache.find_kernel(UML) == kernel
     assert hashed == [kernel.linux]
     st = kernel.linux.stat()
     os.utime(kernel.linux, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert uml.find_kernel() == kernel
+    assert kernel_cache.find_kernel(UML) == kernel
     assert hashed == [kernel.linux, kernel.linux]
 
 
@@ -264,7 +267,7 @@ def test_a_damaged_entry_that_cannot_be_moved_is_a_clean_error(
             raise PermissionError(13, "Permission denied", str(src))
         real_rename(src, dst)
 
-    monkeypatch.setattr(uml.os, "rename", rename)
+    monkeypatch.setattr(kernel_cache.os, "rename", rename)
     code, out, err = cli(capsys, "build")
     assert (code, out) == (1, "")
     assert "cannot move the damaged build" in err and "Permission denied" in err

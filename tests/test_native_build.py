@@ -23,10 +23,11 @@ import uring_epoll._bench_native as bench_module
 import uring_epoll._native as runtime_module
 from cffi import FFI, CDefError
 
-from uring_epoll import _bench_native_build, _native_build, uml
+from uring_epoll import _bench_native_build, _native_build
 from uring_epoll._bench_lib import lib as bench_lib
 from uring_epoll._native_lib import ffi
 from uring_epoll._native_lib import lib as runtime_lib
+from uring_epoll.kernel import is_inside_uml
 
 CSRC = _native_build.CSRC
 RUNTIME_SOURCES = _native_build.SOURCES
@@ -50,7 +51,7 @@ NM = shutil.which("nm")
 
 
 def _need_toolchain() -> None:
-    if uml.is_inside_uml():
+    if is_inside_uml():
         pytest.skip("the build is the host's; nothing to learn from compiling it again here")
     if CC is None or NM is None:
         # The same machine could not have built the module; in CI that is a broken setup.

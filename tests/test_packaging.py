@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from uring_epoll import uml
+import uring_epoll
+from uring_epoll import kernel
 
 SOURCE_ENV = "URING_EPOLL_SOURCE"
 DIST_ENV = "URING_EPOLL_DIST_DIR"
@@ -114,7 +115,7 @@ def _one(directory: Path, pattern: str) -> Path:
 
 @pytest.fixture(scope="session")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
-    if uml.is_inside_uml():
+    if kernel.is_inside_uml():
         pytest.skip("packaging is checked on the host; nothing to learn from building in UML")
     source = _source_root()
     given = os.environ.get(DIST_ENV)
@@ -171,7 +172,7 @@ def test_wheel_has_the_compiled_modules(dists: Dists) -> None:
 def test_wheel_carries_the_whole_kernel_series(dists: Dists) -> None:
     names = dists.wheel_names
     patches = dists.source / "kernel_patches"
-    entries = uml.read_series(patches)
+    entries = kernel.read_series(patches)
     assert entries, "the series lists no patch"
     listed = ["series", "um.config", *(e.path.relative_to(patches).as_posix() for e in entries)]
     missing = [n for n in listed if f"{PATCHES_IN_WHEEL}/{n}" not in names]
@@ -234,17 +235,17 @@ def test_read_series_names_a_missing_patch(dists: Dists, tmp_path: Path) -> None
     """A copy of the real series with one patch gone: a clear error naming it, no build."""
     series_dir = tmp_path / "kernel_patches"
     shutil.copytree(dists.source / "kernel_patches", series_dir)
-    entries = uml.read_series(series_dir)
+    entries = kernel.read_series(series_dir)
     victim = entries[len(entries) // 2].path
     victim.unlink()
-    with pytest.raises(uml.KernelSeriesError) as info:
-        uml.read_series(series_dir)
-    assert isinstance(info.value, uml.KernelBuildError)
+    with pytest.raises(kernel.KernelSeriesError) as info:
+        kernel.read_series(series_dir)
+    assert isinstance(info.value, kernel.KernelBuildError)
     assert info.value.path == victim
     assert victim.name in str(info.value) and "missing" in str(info.value)
     # The cache key (computed before any build step) refuses the series too.
-    with pytest.raises(uml.KernelSeriesError, match=re.escape(victim.name)):
-        uml.cache_key(tmp_path / "linux-source-6.1.tar.xz", series_dir)
+    with pytest.raises(kernel.KernelSeriesError, match=re.escape(victim.name)):
+        kernel.cache_key(kernel.UML, tmp_path / "linux-source-6.1.tar.xz", series_dir)
 
 
 def test_installed_wheel_finds_its_series_through_importlib_resources(
@@ -258,13 +259,13 @@ def test_installed_wheel_finds_its_series_through_importlib_resources(
         zf.extractall(target)
     code = (
         "import importlib.resources, json, uring_epoll\n"
-        "from uring_epoll import uml\n"
+        "from uring_epoll import kernel\n"
         "shipped = importlib.resources.files('uring_epoll') / 'kernel_patches'\n"
         "print(json.dumps({'package': uring_epoll.__file__, 'shipped': str(shipped),\n"
-        "    'patches_dir': str(uml.patches_dir()), 'n': len(uml.read_series()),\n"
-        "    'key': uml.cache_key()}))\n"
+        "    'patches_dir': str(kernel.patches_dir()), 'n': len(kernel.read_series()),\n"
+        "    'key': kernel.cache_key(kernel.UML)}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in (uml.PATCHES_ENV, "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in (kernel.PATCHES_ENV, "PYTHONPATH")}
     env["PYTHONPATH"] = str(target)
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -279,19 +280,22 @@ def test_installed_wheel_finds_its_series_through_importlib_resources(
     assert Path(got["package"]).resolve().is_relative_to(target.resolve())
     assert Path(got["patches_dir"]) == Path(got["shipped"]).resolve()
     assert Path(got["patches_dir"]) == (target / PATCHES_IN_WHEEL).resolve()
-    assert got["n"] == len(uml.read_series(dists.source / "kernel_patches"))
-    assert got["key"] == uml.cache_key(pdir=dists.source / "kernel_patches")
+    assert got["n"] == len(kernel.read_series(dists.source / "kernel_patches"))
+    assert got["key"] == kernel.cache_key(kernel.UML, pdir=dists.source / "kernel_patches")
 
 
 def test_patches_dir_of_the_package_under_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """In this very run: the installed package's series (CI tests the installed wheel) or,
     for a source checkout, the checkout's kernel_patches/."""
-    monkeypatch.delenv(uml.PATCHES_ENV, raising=False)
+    monkeypatch.delenv(kernel.PATCHES_ENV, raising=False)
     shipped = Path(str(importlib.resources.files("uring_epoll") / "kernel_patches")).resolve()
     if os.environ.get("URING_EPOLL_TEST_INSTALLED") == "1":
         assert (shipped / "series").is_file(), f"the installed package has no {shipped}/series"
     if (shipped / "series").is_file():
-        assert uml.patches_dir() == shipped
+        assert kernel.patches_dir() == shipped
     else:
-        assert uml.patches_dir() == Path(uml.__file__).resolve().parent.parent / "kernel_patches"
-    assert uml.read_series(), "the series under test lists no patch"
+        assert (
+            kernel.patches_dir()
+            == Path(uring_epoll.__file__).resolve().parent.parent / "kernel_patches"
+        )
+    assert kernel.read_series(), "the series under test lists no patch"

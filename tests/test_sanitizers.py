@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import uring_epoll
-from uring_epoll import uml
+from uring_epoll.kernel import is_inside_uml, pytest_command
 
 #: The tests beside this file (a checkout's, or CI's copy of the sdist's), and the package they
 #: test: its directory holds the C sources and both builders, installed or not.
@@ -61,7 +61,7 @@ pytestmark = [
     # User-Mode Linux lays out its processes' address space where ASan wants its shadow
     # memory ("Shadow memory range interleaves with an existing memory mapping"); the host
     # run of the same suite covers the C layer.
-    pytest.mark.skipif(uml.is_inside_uml(), reason="ASan cannot map its shadow inside UML"),
+    pytest.mark.skipif(is_inside_uml(), reason="ASan cannot map its shadow inside UML"),
 ]
 
 
@@ -129,7 +129,7 @@ def test_sanitized_module_is_the_one_loaded(sanitized_tree: Path) -> None:
 
 def test_c_layer_is_clean_under_asan_and_ubsan(sanitized_tree: Path) -> None:
     done = subprocess.run(
-        uml.pytest_command(
+        pytest_command(
             *SUITE,
             *(f"--deselect={test}" for test in DESELECT),
         ),

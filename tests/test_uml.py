@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from uring_epoll import uml
+import uring_epoll
+from uring_epoll import kernel
+from uring_epoll.kernel import UML
 
 try:
     import uml_support
@@ -42,15 +44,15 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_cache_key_is_stable(inputs: tuple[Path, Path]) -> None:
     tarball, pdir = inputs
-    key = uml.cache_key(tarball, pdir)
+    key = kernel.cache_key(UML, tarball, pdir)
     assert len(key) == 16 and int(key, 16) >= 0
-    assert uml.cache_key(tarball, pdir) == key
+    assert kernel.cache_key(UML, tarball, pdir) == key
 
 
 @pytest.mark.parametrize("change", ["patch", "series order", "um.config", "tarball", "new patch"])
 def test_cache_key_changes_with_every_input(inputs: tuple[Path, Path], change: str) -> None:
     tarball, pdir = inputs
-    before = uml.cache_key(tarball, pdir)
+    before = kernel.cache_key(UML, tarball, pdir)
     if change == "patch":
         (pdir / "0002-b.patch").write_text("b changed\n")
     elif change == "series order":
@@ -63,35 +65,35 @@ def test_cache_key_changes_with_every_input(inputs: tuple[Path, Path], change: s
         (pdir / "0003-c.patch").write_text("c\n")
         with open(pdir / "series", "a") as f:
             f.write("0003-c.patch\n")
-    assert uml.cache_key(tarball, pdir) != before
+    assert kernel.cache_key(UML, tarball, pdir) != before
 
 
 def test_cache_key_ignores_unlisted_files(inputs: tuple[Path, Path]) -> None:
     tarball, pdir = inputs
-    before = uml.cache_key(tarball, pdir)
+    before = kernel.cache_key(UML, tarball, pdir)
     (pdir / "0009-draft.patch").write_text("not in the series\n")
     (pdir / "README").write_text("notes\n")
-    assert uml.cache_key(tarball, pdir) == before
+    assert kernel.cache_key(UML, tarball, pdir) == before
 
 
 def test_empty_series(tmp_path: Path) -> None:
     (tmp_path / "series").write_text("# nothing yet\n\n")
     (tmp_path / "um.config").write_text("CONFIG_EPOLL=y\n")
-    assert uml.read_series(tmp_path) == []
+    assert kernel.read_series(tmp_path) == []
 
 
 def test_absent_series_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No series file means an incomplete install or a wrong override: never an unpatched
     kernel built in silence."""
-    with pytest.raises(uml.KernelSeriesError, match="is missing") as info:
-        uml.read_series(tmp_path)
+    with pytest.raises(kernel.KernelSeriesError, match="is missing") as info:
+        kernel.read_series(tmp_path)
     assert info.value.path == tmp_path / "series"
     assert str(tmp_path / "series") in str(info.value)
     # find_kernel reports "nothing built" rather than raising, and build refuses.
-    monkeypatch.setenv(uml.PATCHES_ENV, str(tmp_path))
-    assert uml.find_kernel() is None
-    with pytest.raises(uml.KernelSeriesError):
-        uml.cache_key(tmp_path / "linux-source-6.1.tar.xz")
+    monkeypatch.setenv(kernel.PATCHES_ENV, str(tmp_path))
+    assert kernel.find_kernel(UML) is None
+    with pytest.raises(kernel.KernelSeriesError):
+        kernel.cache_key(UML, tmp_path / "linux-source-6.1.tar.xz")
 
 
 def test_build_refuses_an_incomplete_series_without_waiting_for_the_lock(
@@ -102,16 +104,18 @@ def test_build_refuses_an_incomplete_series_without_waiting_for_the_lock(
     import fcntl
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    uml.cache_root().mkdir(parents=True)
+    kernel.cache_root().mkdir(parents=True)
     outcome: list[BaseException] = []
 
     def attempt() -> None:
         try:
-            uml.build(tarball=tmp_path / "linux.tar.xz", pdir=tmp_path / "empty", progress=None)
+            kernel.build(
+                UML, tarball=tmp_path / "linux.tar.xz", pdir=tmp_path / "empty", progress=None
+            )
         except BaseException as exc:
             outcome.append(exc)
 
-    with open(uml.cache_root() / ".build.lock", "w") as lock:
+    with open(kernel.cache_root() / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         worker = threading.Thread(target=attempt, daemon=True)
         worker.start()
@@ -119,73 +123,75 @@ def test_build_refuses_an_incomplete_series_without_waiting_for_the_lock(
         still_waiting = worker.is_alive()
     worker.join(timeout=30)
     assert not still_waiting, "build() waited for the lock before checking the series"
-    assert len(outcome) == 1 and isinstance(outcome[0], uml.KernelSeriesError), outcome
+    assert len(outcome) == 1 and isinstance(outcome[0], kernel.KernelSeriesError), outcome
 
 
 def test_series_without_its_config_fragment_is_an_error(inputs: tuple[Path, Path]) -> None:
     _, pdir = inputs
     (pdir / "um.config").unlink()
-    with pytest.raises(uml.KernelSeriesError, match=r"um\.config") as info:
-        uml.read_series(pdir)
+    with pytest.raises(kernel.KernelSeriesError, match=r"um\.config") as info:
+        kernel.read_series(pdir)
     assert info.value.path == pdir / "um.config"
 
 
 def test_series_parsing(inputs: tuple[Path, Path]) -> None:
     _, pdir = inputs
-    entries = uml.read_series(pdir)
+    entries = kernel.read_series(pdir)
     assert [(e.path.name, e.strip) for e in entries] == [("0001-a.patch", 1), ("0002-b.patch", 1)]
 
 
 def test_series_naming_a_missing_patch_is_an_error(inputs: tuple[Path, Path]) -> None:
     _, pdir = inputs
     (pdir / "series").write_text("0001-a.patch\n0005-missing.patch\n")
-    with pytest.raises(uml.KernelSeriesError, match=r"0005-missing\.patch") as info:
-        uml.read_series(pdir)
+    with pytest.raises(kernel.KernelSeriesError, match=r"0005-missing\.patch") as info:
+        kernel.read_series(pdir)
     assert info.value.path == pdir / "0005-missing.patch"
-    assert isinstance(info.value, uml.KernelBuildError)
+    assert isinstance(info.value, kernel.KernelBuildError)
 
 
 def test_patches_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(uml.PATCHES_ENV, str(tmp_path))
-    assert uml.patches_dir() == tmp_path.resolve()
-    monkeypatch.delenv(uml.PATCHES_ENV)
-    shipped = Path(uml.__file__).resolve().parent / "kernel_patches"
-    checkout = Path(uml.__file__).resolve().parent.parent / "kernel_patches"
+    monkeypatch.setenv(kernel.PATCHES_ENV, str(tmp_path))
+    assert kernel.patches_dir() == tmp_path.resolve()
+    monkeypatch.delenv(kernel.PATCHES_ENV)
+    shipped = Path(uring_epoll.__file__).resolve().parent / "kernel_patches"
+    checkout = Path(uring_epoll.__file__).resolve().parent.parent / "kernel_patches"
     # An installed wheel carries the series in the package; a source checkout has it on top.
     expected = shipped if (shipped / "series").is_file() else checkout
-    assert uml.patches_dir() == expected
-    assert (uml.patches_dir() / "series").is_file()
+    assert kernel.patches_dir() == expected
+    assert (kernel.patches_dir() / "series").is_file()
 
 
 def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert uml.cache_root() == tmp_path / "uring-epoll" / "kernel"
-    assert uml.find_kernel("0123456789abcdef") is None
+    assert kernel.cache_root() == tmp_path / "uring-epoll" / "kernel"
+    assert kernel.find_kernel(UML, "0123456789abcdef") is None
 
 
 def test_ensure_source_explains_why_it_cannot_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "linux-source-6.1.tar.xz"
-    monkeypatch.setattr(uml.shutil, "which", lambda name: None if name == "apt-get" else "/x")
-    with pytest.raises(uml.KernelSourceError, match="apt-get is not available"):
-        uml.ensure_source(missing)
-    monkeypatch.setattr(uml.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(uml.os, "geteuid", lambda: 1000)
-    with pytest.raises(uml.KernelSourceError, match="needs root"):
-        uml.ensure_source(missing)
-    assert issubclass(uml.KernelSourceError, uml.KernelBuildError)
-    assert issubclass(uml.KernelBuildError, RuntimeError)
+    monkeypatch.setattr(
+        kernel.source.shutil, "which", lambda name: None if name == "apt-get" else "/x"
+    )
+    with pytest.raises(kernel.KernelSourceError, match="apt-get is not available"):
+        kernel.ensure_source(missing)
+    monkeypatch.setattr(kernel.source.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(kernel.source.os, "geteuid", lambda: 1000)
+    with pytest.raises(kernel.KernelSourceError, match="needs root"):
+        kernel.ensure_source(missing)
+    assert issubclass(kernel.KernelSourceError, kernel.KernelBuildError)
+    assert issubclass(kernel.KernelBuildError, RuntimeError)
 
 
 def test_kernel_problems_finds_splats_after_init_only() -> None:
     boot = "WARNING: at boot, not ours\nRun /tmp/x/init as init process\n"
-    assert uml.kernel_problems(boot + "ordinary line\n") == ""
+    assert kernel.kernel_problems(boot + "ordinary line\n") == ""
     splat = (
         "------------[ cut here ]------------\nWARNING: CPU: 0 PID: 7 at fs/eventpoll.c:1 x\n"
         "Call Trace:\n [<60000000>] ep_insert+0x1/0x2\n"
     )
-    found = uml.kernel_problems(boot + splat)
+    found = kernel.kernel_problems(boot + splat)
     assert "fs/eventpoll.c" in found and "ep_insert" in found and "at boot" not in found
 
 
@@ -193,7 +199,7 @@ def test_cli_registers_kernel_subcommands() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    uml.add_cli(parser.add_subparsers(dest="command"))
+    kernel.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["kernel", "run", "--timeout", "5", "--", "true", "-x"])
     assert args.timeout == 5 and args.cmd[-2:] == ["true", "-x"]
     for sub in ("build", "path", "test", "selftest"):
@@ -209,18 +215,18 @@ def test_kernel_test_runs_the_tests_of_the_given_checkout(
     (checkout / "tests" / "sub").mkdir(parents=True)
     (checkout / "tests" / "conftest.py").write_text("")
     monkeypatch.chdir(checkout / "tests" / "sub")
-    assert uml._test_root(None) == checkout.resolve()
-    assert uml._test_root(str(checkout)) == checkout.resolve()
+    assert kernel.cli._test_root(None) == checkout.resolve()
+    assert kernel.cli._test_root(str(checkout)) == checkout.resolve()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    assert uml._test_root(str(elsewhere)) is None
+    assert kernel.cli._test_root(str(elsewhere)) is None
     monkeypatch.chdir(elsewhere)
-    assert uml._test_root(None) is None
+    assert kernel.cli._test_root(None) is None
 
     import argparse
 
     parser = argparse.ArgumentParser()
-    uml.add_cli(parser.add_subparsers(dest="command"))
+    kernel.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["kernel", "test"])
     assert args.func(args) == 2
     assert "no tests/conftest.py in" in capsys.readouterr().err
@@ -281,7 +287,7 @@ def fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pa
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_MAKE_LOG", str(log))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv(uml.NICE_ENV, "0")
+    monkeypatch.setenv(kernel.NICE_ENV, "0")
     return tarball, pdir, log
 
 
@@ -289,30 +295,30 @@ def test_build_applies_series_merges_config_and_publishes(
     fake_tree: tuple[Path, Path, Path],
 ) -> None:
     tarball, pdir, log = fake_tree
-    built = uml.build(tarball=tarball, pdir=pdir, progress=None)
-    assert built.key == uml.cache_key(tarball, pdir)
-    assert built.root == uml.cache_root() / built.key
+    built = kernel.build(UML, tarball=tarball, pdir=pdir, progress=None)
+    assert built.key == kernel.cache_key(UML, tarball, pdir)
+    assert built.root == kernel.cache_root() / built.key
     assert built.linux.read_text() == "hello, patched\n"
     config = (built.src / ".config").read_text()
     assert "CONFIG_HOSTFS=y" in config and "CONFIG_FROM_SERIES=y" in config
     assert (built.include / "linux").is_dir()
     # What was built is recorded next to it, and hashes to the key it is published under.
     assert (built.root / "kernel_patches" / "0001-greet.patch").read_text() == GOOD_PATCH
-    assert uml.cache_key(tarball, built.root / "kernel_patches") == built.key
+    assert kernel.cache_key(UML, tarball, built.root / "kernel_patches") == built.key
     assert [line.split()[-1] for line in log.read_text().splitlines()] == [
         "defconfig",
         "olddefconfig",
         "linux",
         "headers_install",
     ]
-    assert not list(uml.cache_root().glob(".tmp-*"))
+    assert not list(kernel.cache_root().glob(".tmp-*"))
     # Cached: no make at all the second time.
     before = log.read_text()
-    assert uml.build(tarball=tarball, pdir=pdir, progress=None) == built
+    assert kernel.build(UML, tarball=tarball, pdir=pdir, progress=None) == built
     assert log.read_text() == before
     # A changed patch is a new key and a new build next to the old one.
     (pdir / "0001-greet.patch").write_text(GOOD_PATCH.replace("patched", "again"))
-    rebuilt = uml.build(tarball=tarball, pdir=pdir, progress=None)
+    rebuilt = kernel.build(UML, tarball=tarball, pdir=pdir, progress=None)
     assert rebuilt.key != built.key and rebuilt.linux.read_text() == "hello, again\n"
     assert built.linux.is_file()
 
@@ -321,11 +327,11 @@ def test_old_builds_are_pruned(
     fake_tree: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tarball, pdir, _ = fake_tree
-    monkeypatch.setenv(uml.KEEP_ENV, "2")
+    monkeypatch.setenv(kernel.KEEP_ENV, "2")
     builds = []
     for n in range(3):
         (pdir / "0001-greet.patch").write_text(GOOD_PATCH.replace("patched", f"v{n}"))
-        builds.append(uml.build(tarball=tarball, pdir=pdir, progress=None))
+        builds.append(kernel.build(UML, tarball=tarball, pdir=pdir, progress=None))
         time.sleep(0.05)  # distinct mtimes
     assert [b.linux.is_file() for b in builds] == [False, True, True]
 
@@ -334,13 +340,13 @@ def test_build_names_the_patch_that_does_not_apply(fake_tree: tuple[Path, Path, 
     tarball, pdir, _ = fake_tree
     (pdir / "0002-bad.patch").write_text(GOOD_PATCH.replace("-hello", "-goodbye"))
     (pdir / "series").write_text("0001-greet.patch\n0002-bad.patch\n")
-    with pytest.raises(uml.KernelBuildError, match=r"applying 0002-bad\.patch") as info:
-        uml.build(tarball=tarball, pdir=pdir, progress=None)
-    key = uml.cache_key(tarball, pdir)
-    failed_log = uml.cache_root() / f"{key}.failed.log"
+    with pytest.raises(kernel.KernelBuildError, match=r"applying 0002-bad\.patch") as info:
+        kernel.build(UML, tarball=tarball, pdir=pdir, progress=None)
+    key = kernel.cache_key(UML, tarball, pdir)
+    failed_log = kernel.cache_root() / f"{key}.failed.log"
     assert str(failed_log) in str(info.value) and failed_log.is_file()
-    assert not (uml.cache_root() / key).exists()
-    assert not list(uml.cache_root().glob(".tmp-*"))
+    assert not (kernel.cache_root() / key).exists()
+    assert not list(kernel.cache_root().glob(".tmp-*"))
 
 
 def test_concurrent_builds_build_once(fake_tree: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -348,8 +354,8 @@ def test_concurrent_builds_build_once(fake_tree: tuple[Path, Path, Path], tmp_pa
 
     tarball, pdir, log = fake_tree
     code = (
-        "import sys; from pathlib import Path; from uring_epoll import uml; "
-        "print(uml.build(tarball=Path(sys.argv[1]), pdir=Path(sys.argv[2]), "
+        "import sys; from pathlib import Path; from uring_epoll import kernel; "
+        "print(kernel.build(kernel.UML, tarball=Path(sys.argv[1]), pdir=Path(sys.argv[2]), "
         "progress=None).linux)"
     )
     env = dict(
@@ -381,13 +387,13 @@ needs_kernel = pytest.mark.uml
 @needs_kernel
 def test_exit_status_zero_and_nonzero() -> None:
     k = uml_support.kernel()
-    assert uml.run(["true"], kernel=k, stdout=None, stderr=None, timeout=120) == 0
-    assert uml.run(["sh", "-c", "exit 3"], kernel=k, stdout=None, stderr=None, timeout=120) == 3
+    assert kernel.run(["true"], kernel=k, stdout=None, stderr=None, timeout=120) == 0
+    assert kernel.run(["sh", "-c", "exit 3"], kernel=k, stdout=None, stderr=None, timeout=120) == 3
 
 
 @needs_kernel
 def test_signal_gives_128_plus_signal() -> None:
-    code = uml.run(
+    code = kernel.run(
         ["sh", "-c", "kill -TERM $$"],
         kernel=uml_support.kernel(),
         stdout=None,
@@ -399,7 +405,7 @@ def test_signal_gives_128_plus_signal() -> None:
 
 @needs_kernel
 def test_missing_command_gives_127() -> None:
-    result = uml.run_capture(["/nonexistent/command"], kernel=uml_support.kernel(), timeout=120)
+    result = kernel.run_capture(["/nonexistent/command"], kernel=uml_support.kernel(), timeout=120)
     assert result.returncode == 127
     assert "/nonexistent/command" in result.stderr
 
@@ -408,11 +414,11 @@ def test_missing_command_gives_127() -> None:
 def test_runs_inside_uml_in_callers_cwd(tmp_path: Path) -> None:
     (tmp_path / "marker").write_text("here\n")
     script = (
-        "import os, sys\nfrom uring_epoll import uml\n"
+        "import os, sys\nfrom uring_epoll import kernel\n"
         "print(os.getcwd()); print(open('marker').read().strip()); "
-        "print(uml.is_inside_uml()); print(os.uname().release)"
+        "print(kernel.is_inside_uml()); print(os.uname().release)"
     )
-    result = uml.run_capture(
+    result = kernel.run_capture(
         [sys.executable, "-c", script],
         cwd=tmp_path,
         kernel=uml_support.kernel(),
@@ -423,13 +429,13 @@ def test_runs_inside_uml_in_callers_cwd(tmp_path: Path) -> None:
     cwd, marker, inside, release = result.stdout.split("\n")[:4]
     assert cwd == str(tmp_path) and marker == "here" and inside == "True"
     assert release.startswith("6.1.")
-    assert not uml.is_inside_uml()
+    assert not kernel.is_inside_uml()
 
 
 @needs_kernel
 def test_environment_is_passed_exactly() -> None:
     env = {"PATH": os.environ["PATH"], "URING_EPOLL_T": "a b\tc=d\n'\"$x", "EMPTY": ""}
-    result = uml.run_capture(
+    result = kernel.run_capture(
         [sys.executable, "-c", "import os; print(repr(dict(os.environ)))"],
         env=env,
         kernel=uml_support.kernel(),
@@ -447,7 +453,7 @@ def test_stdout_and_stderr_are_separate_and_exact() -> None:
         "import sys\nsys.stdout.write('out 1\\nout 2\\n'); sys.stdout.flush()\n"
         "sys.stderr.write('err\\n'); sys.stdout.buffer.write(bytes(range(256)))"
     )
-    result = uml.run(
+    result = kernel.run(
         [sys.executable, "-c", script],
         kernel=uml_support.kernel(),
         timeout=120,
@@ -461,7 +467,9 @@ def test_stdout_and_stderr_are_separate_and_exact() -> None:
 
 @needs_kernel
 def test_large_output_is_complete() -> None:
-    result = uml.run_capture(["sh", "-c", "seq 1 200000"], kernel=uml_support.kernel(), timeout=300)
+    result = kernel.run_capture(
+        ["sh", "-c", "seq 1 200000"], kernel=uml_support.kernel(), timeout=300
+    )
     assert result.returncode == 0
     lines = result.stdout.split("\n")
     assert lines[0] == "1" and lines[-2] == "200000" and len(lines) == 200001
@@ -478,7 +486,7 @@ def test_output_streams_while_the_command_runs() -> None:
         def flush(self) -> None:
             pass
 
-    uml.run(
+    kernel.run(
         ["sh", "-c", "echo first; sleep 4; echo second"],
         kernel=uml_support.kernel(),
         stdout=Recorder(),
@@ -496,8 +504,8 @@ def test_output_streams_while_the_command_runs() -> None:
 def test_timeout_kills_a_hung_guest() -> None:
     k = uml_support.kernel()
     started = time.monotonic()
-    with pytest.raises(uml.KernelTimeout, match="within 10s") as info:
-        uml.run(["sleep", "1000"], kernel=k, stdout=None, stderr=None, timeout=10)
+    with pytest.raises(kernel.KernelTimeout, match="within 10s") as info:
+        kernel.run(["sleep", "1000"], kernel=k, stdout=None, stderr=None, timeout=10)
     assert time.monotonic() - started < 40
     # Nothing of that kernel may survive: its helper processes would keep CPU and memory.
     assert info.value.pgid > 0
@@ -507,8 +515,8 @@ def test_timeout_kills_a_hung_guest() -> None:
 
 @needs_kernel
 def test_kernel_panic_is_reported() -> None:
-    with pytest.raises(uml.KernelRunError, match="sysrq triggered crash"):
-        uml.run_capture(
+    with pytest.raises(kernel.KernelRunError, match="sysrq triggered crash"):
+        kernel.run_capture(
             ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"],
             kernel=uml_support.kernel(),
             timeout=120,
@@ -520,7 +528,7 @@ def test_boot_is_quick() -> None:
     """Not a benchmark: a guard against a boot that waits for something (a timeout, a device)."""
     k = uml_support.kernel()
     started = time.monotonic()
-    assert uml.run(["true"], kernel=k, stdout=None, stderr=None, timeout=120) == 0
+    assert kernel.run(["true"], kernel=k, stdout=None, stderr=None, timeout=120) == 0
     assert time.monotonic() - started < 30
 
 
@@ -531,7 +539,7 @@ def test_concurrent_runs() -> None:
 
     def one(n: int) -> None:
         codes.append(
-            uml.run(["sh", "-c", f"exit {n}"], kernel=k, stdout=None, stderr=None, timeout=120)
+            kernel.run(["sh", "-c", f"exit {n}"], kernel=k, stdout=None, stderr=None, timeout=120)
         )
 
     threads = [threading.Thread(target=one, args=(n,)) for n in (4, 5)]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from uring_epoll import uml
+from uring_epoll.kernel import KernelTimeout, run
 
 try:
     import uml_support
@@ -180,9 +180,9 @@ def children() -> set[int]:
 def test_a_finished_run_leaves_no_watchdog_behind() -> None:
     kernel = uml_support.kernel()
     before = children()
-    assert uml.run(["true"], kernel=kernel, stdout=None, stderr=None, timeout=120) == 0
-    with pytest.raises(uml.KernelTimeout):
-        uml.run(["sleep", "1000"], kernel=kernel, stdout=None, stderr=None, timeout=5)
+    assert run(["true"], kernel=kernel, stdout=None, stderr=None, timeout=120) == 0
+    with pytest.raises(KernelTimeout):
+        run(["sleep", "1000"], kernel=kernel, stdout=None, stderr=None, timeout=5)
     assert children() == before
 
 
@@ -191,7 +191,7 @@ def test_a_finished_run_leaves_no_watchdog_behind() -> None:
 # SIGKILL.
 CALLER = """
 import os, subprocess, sys, time
-from uring_epoll import uml
+from uring_epoll.kernel import uml
 rundir, = sys.argv[1:]
 watchdog = uml._Watchdog()
 watchdog.tell("rundir", rundir)

@@ -18,7 +18,18 @@ from pathlib import Path
 import pytest
 
 import uring_epoll
-from uring_epoll import uml
+from uring_epoll.kernel import (
+    IN_UML_ENV,
+    UML,
+    KernelBuild,
+    KernelBuildError,
+    KernelCompletedProcess,
+    KernelRunError,
+    KernelSourceError,
+    build,
+    is_inside_uml,
+    run_capture,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The directory holding the uring_epoll under test (site-packages for an installed wheel, the
@@ -31,8 +42,8 @@ def child_pythonpath() -> str:
     return os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
 
 
-_kernel: uml.KernelBuild | None = None
-_error: uml.KernelBuildError | None = None
+_kernel: KernelBuild | None = None
+_error: KernelBuildError | None = None
 
 
 def in_ci() -> bool:
@@ -47,22 +58,22 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def kernel() -> uml.KernelBuild:
+def kernel() -> KernelBuild:
     """The built kernel, built on first use and cached for the rest of the session.
 
     A build failure is remembered, so one broken build is reported once per test rather than
     rebuilt (for four minutes) by every test that asks.
     """
     global _kernel, _error
-    if uml.is_inside_uml():
+    if is_inside_uml():
         pytest.skip("already inside User-Mode Linux: not booting a kernel inside the kernel")
     if _kernel is None and _error is None:
         try:
-            _kernel = uml.build(progress=sys.stderr)
-        except uml.KernelBuildError as exc:
+            _kernel = build(UML, progress=sys.stderr)
+        except KernelBuildError as exc:
             _error = exc
     if _kernel is None:
-        if isinstance(_error, uml.KernelSourceError):
+        if isinstance(_error, KernelSourceError):
             unavailable(f"cannot build the UML kernel here: {_error}")
         # A patch that does not apply or a compile error is a real failure everywhere.
         pytest.fail(f"kernel build failed: {_error}", pytrace=False)
@@ -77,7 +88,7 @@ def run_in_kernel(
     env: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
     check_kernel: bool = True,
-) -> uml.KernelCompletedProcess:
+) -> KernelCompletedProcess:
     """Run ``argv`` inside the kernel with stdout/stderr captured (``subprocess.run``-like).
 
     ``cwd`` defaults to the repository root; ``extra_env`` is added to the environment (the
@@ -89,10 +100,10 @@ def run_in_kernel(
     full_env = dict(os.environ if env is None else env)
     full_env.update(extra_env or {})
     try:
-        result = uml.run_capture(
+        result = run_capture(
             argv, timeout=timeout, kernel=k, env=full_env, cwd=REPO_ROOT if cwd is None else cwd
         )
-    except uml.KernelRunError as exc:  # KernelTimeout included
+    except KernelRunError as exc:  # KernelTimeout included
         pytest.fail(str(exc), pytrace=False)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
@@ -105,10 +116,10 @@ def run_in_kernel(
     return result
 
 
-def uring_epoll_cli(*args: str, timeout: float = 300.0) -> uml.KernelCompletedProcess:
+def uring_epoll_cli(*args: str, timeout: float = 300.0) -> KernelCompletedProcess:
     """``uring-epoll ARGS`` inside the kernel, e.g. ``uring_epoll_cli("info")``."""
     return run_in_kernel(
         [sys.executable, "-m", "uring_epoll.cli", *args],
         timeout=timeout,
-        extra_env={uml.IN_UML_ENV: "1"},
+        extra_env={IN_UML_ENV: "1"},
     )

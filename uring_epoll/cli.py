@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import benchmarks
 
     benchmarks.add_cli(sub)
-    for module in ("demo", "uml"):
+    for module in ("demo", "kernel"):
         try:
             mod = __import__(f"uring_epoll.{module}", fromlist=["add_cli"])
         except ImportError:

@@ -113,7 +113,7 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
     """Run the same bench inside the patched User-Mode Linux; return its JSON report."""
     import tempfile
 
-    from .. import uml
+    from .. import kernel
 
     forwarded = ["--quick"] if args.quick else []
     for scenario in args.scenario or []:
@@ -128,7 +128,7 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
         out = os.path.join(tmp, "report.json")
         argv = [sys.executable, "-m", "uring_epoll.cli", "bench", *forwarded, "--json-file", out]
         # The guest's table would print twice: keep its stderr (progress, errors), print ours.
-        code = uml.run(argv, timeout=3600, stdout=None)
+        code = kernel.run(argv, timeout=3600, stdout=None)
         if code != 0:
             raise SystemExit(f"bench inside the kernel failed with exit status {code}")
         with open(out) as f:

@@ -1,0 +1,542 @@
+"""The User-Mode Linux vehicle: boot a built :data:`~.targets.UML` kernel and run a command in it.
+
+Why User-Mode Linux: the EPOLL_USERPOLL ring and vpoll exist only in the patched kernel of
+``kernel_patches/``. UML turns that kernel into an ordinary host executable, so the real kernel
+code can be exercised from a normal test run, without root on a VM, in about a second per boot.
+
+* **Boot.** The guest's root file system is the host's ``/`` through hostfs, so the host's
+  Python, the repository and a per-run directory are visible at the same paths. The init
+  process is :mod:`.guest_init`, copied into that directory: it mounts the pseudo file systems,
+  runs the command with the caller's exact environment and working directory, writes the exit
+  status into the run directory, syncs and powers off. The command's stdout and stderr are two
+  UML virtual consoles wired to host pipes, so they stay separate and kernel messages
+  (console 0) go to a log instead of mixing with the command's output.
+* **Lifetime.** A guest dies with the process that booted it, however that ends. UML's main
+  process gets PR_SET_PDEATHSIG=SIGKILL, but its helper processes outlive it, so a small
+  watchdog process (its own session, blocked on a pipe only the caller can write to) kills UML's
+  whole process group and removes the run directory when the caller disappears without saying
+  it is done: SIGKILL included. The CLI turns SIGTERM and SIGHUP into a clean shutdown that
+  ends by the same signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import guest_init
+from ._text import tail
+from .builder import build
+from .cache import KernelBuild, find_kernel, verify_kernel
+from .errors import KernelRunError, KernelTimeout
+from .targets import UML
+
+__all__ = [
+    "IN_UML_ENV",
+    "KernelCompletedProcess",
+    "is_inside_uml",
+    "kernel_problems",
+    "run",
+    "run_capture",
+]
+
+#: Set by the test suite for runs inside the kernel (load is scaled down there).
+IN_UML_ENV = "URING_EPOLL_IN_UML"
+
+
+def _uml_tmpdir() -> str:
+    """Where UML may create its memory file: it must be writable and allow PROT_EXEC maps."""
+    for candidate in ("/dev/shm", tempfile.gettempdir()):
+        if os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return tempfile.gettempdir()
+
+
+# A guard for the run directory and the UML process group, so that a guest dies with the
+# process that booted it, however that process ends (SIGKILL included, when none of its code
+# runs). It is a separate host process in its own session (terminal signals for the caller's
+# group do not reach it) reading a pipe whose only write end the caller holds: the caller's
+# death closes it. Messages: "rundir PATH", "pgid N" (UML's group, once started) and "done"
+# (the caller cleaned up; exit quietly). End of file without "done": kill the group (its helper
+# processes survive the main UML process otherwise), wait for its members to die, remove the
+# run directory. Standard library only, and run with -I -S: it must start quickly.
+_WATCHDOG = r"""
+import os, shutil, signal, sys, time
+
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+rundir, pgid, buf = None, 0, b""
+while True:
+    try:
+        data = os.read(0, 4096)
+    except OSError:
+        data = b""
+    if not data:
+        break
+    buf += data
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        word, _, arg = line.partition(b" ")
+        if word == b"rundir":
+            rundir = os.fsdecode(arg)
+        elif word == b"pgid":
+            pgid = int(arg)
+        elif word == b"done":
+            sys.exit(0)
+
+
+def alive(pgid):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/" + entry + "/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+if pgid > 1:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            break
+        if not alive(pgid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+if rundir:
+    for _ in range(3):
+        shutil.rmtree(rundir, ignore_errors=True)
+        if not os.path.exists(rundir):
+            break
+        time.sleep(0.1)
+"""
+
+
+class _Watchdog:
+    """The caller's end of :data:`_WATCHDOG`."""
+
+    def __init__(self) -> None:
+        read, self._write = os.pipe()  # both non-inheritable; the read end is passed as stdin
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._write)
+            raise
+        finally:
+            os.close(read)
+
+    def tell(self, word: str, arg: str | int) -> None:
+        # A watchdog that died (killed by someone) costs the guarantee, not the run.
+        with contextlib.suppress(OSError):
+            os.write(self._write, f"{word} {arg}\n".encode())
+
+    def done(self) -> None:
+        """Everything is cleaned up: let the watchdog go without doing anything."""
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"done\n")
+        os.close(self._write)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _wait_group_gone(pgid: int, limit: float) -> None:
+    """Wait (bounded) until every process of the group has died and been reaped.
+
+    UML's helpers are children of the main process; once it is gone they are reparented and
+    reaped by the host's init, which takes a moment. Waiting means a caller that checks for
+    leftovers (or measures CPU) right after run() sees a clean state.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
+def _console_excerpt(console_log: Path) -> str:
+    """The kernel's complaint if it made one (an oops or panic starts there), else the tail."""
+    problems = kernel_problems(tail(console_log, 400))
+    if problems:
+        return f"the kernel reported:\n{problems}"
+    return f"console tail:\n{tail(console_log, 25)}"
+
+
+def _isatty(target: Any) -> bool:
+    if target is None:
+        return False
+    try:
+        fd = target if isinstance(target, int) else target.fileno()
+        return os.isatty(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+
+
+def _uml_preexec(parent: int) -> Any:
+    """What the UML process runs between fork and exec (``parent``: the caller's pid)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+    libc = _libc
+
+    def preexec() -> None:
+        # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run
+        # dir.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Dies with the calling thread (run() blocks in it until UML has ended). Second line
+        # of defence: the watchdog kills the whole group, helpers included.
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the caller died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _sink(target: Any) -> Any:
+    """A callable writing bytes to ``target`` (binary file, text file, or None for discard)."""
+    if target is None:
+        return lambda data: None
+    if callable(target) and not hasattr(target, "write"):
+        return target
+    if isinstance(target, int):
+        return lambda data: os.write(target, data)
+    buffer = getattr(target, "buffer", None)
+    if isinstance(target, io.TextIOBase) and buffer is None:
+
+        def write_text(data: bytes) -> None:
+            target.write(data.decode(errors="replace"))
+            target.flush()
+
+        return write_text
+    dest = buffer if buffer is not None else target
+
+    def write_bytes(data: bytes) -> None:
+        # Text wrappers over a buffer may hold text of their own: keep the order.
+        if dest is not target:
+            with contextlib.suppress(Exception):
+                target.flush()
+        dest.write(data)
+        dest.flush()
+
+    return write_bytes
+
+
+def _pump(fd: int, write: Any) -> threading.Thread:
+    def loop() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                with contextlib.suppress(Exception):
+                    write(data)
+        os.close(fd)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+_DEFAULT = object()
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600.0,
+    mem: str = "512M",
+    stdout: Any = _DEFAULT,
+    stderr: Any = _DEFAULT,
+    console: Any = None,
+    kernel: KernelBuild | None = None,
+) -> int:
+    """Boot the kernel, run ``argv`` inside it, return its exit status.
+
+    ``cwd`` and ``env`` default to the caller's (the environment is passed exactly: nothing is
+    added or removed). A command killed by a signal gives ``128 + signal``, like a shell.
+    ``stdout``/``stderr`` receive the command's output as it is produced: a file object (text
+    or binary), a raw fd, or None to discard; the default is this process's stdout/stderr.
+    ``console`` receives the kernel's own console (boot messages, oopses), default discarded;
+    it is also kept in a log whose tail is part of the error when the run fails.
+    The kernel is built first if needed (``kernel`` overrides which build is booted).
+
+    Raises :class:`KernelTimeout` when the guest has not powered off after ``timeout`` seconds
+    (the whole UML process group is killed) and :class:`KernelRunError` when it stops without
+    reporting a status (a panic, for instance).
+    """
+    if is_inside_uml():
+        # Nested UML is unsupported, and the usual cause is a test run inside the kernel
+        # that forgot -m "not uml": say so instead of failing obscurely.
+        raise KernelRunError("already running inside User-Mode Linux: not booting another")
+    if kernel is None:
+        # A damaged entry raises KernelCacheError here, saying what to do: rebuilding it
+        # silently would turn a run into a quarter-hour build.
+        kernel = find_kernel(UML) or build(UML)
+    verify_kernel(kernel)
+    cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
+    env = dict(os.environ) if env is None else dict(env)
+    out_target = sys.stdout if stdout is _DEFAULT else stdout
+    err_target = sys.stderr if stderr is _DEFAULT else stderr
+    if not argv:
+        raise ValueError("run() needs a command")
+
+    # Started first, so that no moment exists where a run directory or a guest has no guard.
+    watchdog = _Watchdog()
+    try:
+        rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
+        watchdog.tell("rundir", str(rundir))
+    except BaseException:
+        watchdog.done()
+        raise
+    try:
+        (rundir / "argv").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
+        items = []
+        for name, value in env.items():
+            if "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f"environment variable {name!r} cannot be passed")
+            items.append(os.fsencode(name) + b"=" + os.fsencode(value) + b"\0")
+        (rundir / "env").write_bytes(b"".join(items))
+        (rundir / "cwd").write_bytes(os.fsencode(os.path.abspath(cwd)))
+        (rundir / "ttys").write_text(
+            " ".join(
+                name
+                for name, target in (("stdout", out_target), ("stderr", err_target))
+                if _isatty(target)
+            )
+        )
+        # A copy in the run directory: a run depends on nothing of the package's installation
+        # staying put while the guest boots (an editable checkout may be switching branches).
+        launcher = rundir / "guest_init.py"
+        shutil.copyfile(guest_init.__file__, launcher)
+        init = rundir / "init"
+        # -I: the launcher must not be affected by the caller's PYTHON* variables or site dir
+        # (nor import siblings of its own directory). /dev/tty1 and /dev/tty2 are the consoles
+        # wired to the host's stdout and stderr pipes below.
+        init.write_text(
+            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I {shlex.quote(str(launcher))} "
+            f"--stdout /dev/tty1 --stderr /dev/tty2 {shlex.quote(str(rundir))}\n"
+        )
+        init.chmod(0o755)
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        con_r, con_w = os.pipe()
+        # con=null: every console unused unless named. Console 0 (the kernel's messages) goes to
+        # a log pipe at the default log level: no "quiet", because WARN splats are printed at
+        # KERN_WARNING, which quiet hides, and the host scans the log for them.
+        # Consoles 1 and 2 are the guest's /dev/tty1 and /dev/tty2: the command's stdout and
+        # stderr. Input is null everywhere: the guest's stdin is /dev/null.
+        cmdline = [
+            str(kernel.linux),
+            f"mem={mem}",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "rw",
+            f"init={init}",
+            "con=null",
+            f"con0=null,fd:{con_w}",
+            f"con1=null,fd:{out_w}",
+            f"con2=null,fd:{err_w}",
+            "ssl=null",
+        ]
+        console_log = rundir / "console.log"
+        log_file = open(console_log, "wb")  # noqa: SIM115 - closed in the finally below
+        console_write = _sink(console)
+
+        def console_sink(data: bytes) -> None:
+            log_file.write(data)
+            log_file.flush()
+            console_write(data)
+
+        # UML keeps a per-instance directory (pid file, mconsole socket) under $HOME/.uml and
+        # panics without $HOME: give it the run directory, which is removed afterwards.
+        uml_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TMPDIR": _uml_tmpdir(),
+            "HOME": str(rundir),
+        }
+        try:
+            proc = subprocess.Popen(
+                cmdline,
+                stdin=subprocess.DEVNULL,
+                stdout=con_w,
+                stderr=con_w,
+                pass_fds=(out_w, err_w, con_w),
+                env=uml_env,
+                cwd=str(rundir),
+                preexec_fn=_uml_preexec(os.getpid()),
+                start_new_session=True,
+            )  # its own process group: UML forks helper processes
+        except BaseException as exc:
+            for fd in (out_r, out_w, err_r, err_w, con_r, con_w):
+                os.close(fd)
+            log_file.close()
+            if isinstance(exc, OSError):
+                raise KernelRunError(
+                    f"cannot start the kernel {kernel.linux}: {exc}; rebuild it with "
+                    "`uring-epoll kernel build --force`"
+                ) from None
+            raise
+        watchdog.tell("pgid", proc.pid)
+        for fd in (out_w, err_w, con_w):
+            os.close(fd)
+        pumps = [
+            _pump(out_r, _sink(out_target)),
+            _pump(err_r, _sink(err_target)),
+            _pump(con_r, console_sink),
+        ]
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # Always: helper processes may outlive the main one and keep the pipes open.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _wait_group_gone(proc.pid, 5.0)
+            for pump in pumps:
+                pump.join(timeout=10)
+            log_file.close()
+        status_file = rundir / "status"
+        if timed_out:
+            error = KernelTimeout(
+                f"the kernel did not finish {shlex.join(map(str, argv))!r} "
+                f"within {timeout:g}s and was killed; "
+                f"{_console_excerpt(console_log)}"
+            )
+            error.pgid = proc.pid
+            raise error
+        if not status_file.is_file():
+            raise KernelRunError(
+                f"the kernel exited (status {proc.returncode}) without "
+                f"reporting the exit status of {shlex.join(map(str, argv))!r};"
+                f" {_console_excerpt(console_log)}"
+            )
+        problems = kernel_problems(console_log.read_bytes().decode(errors="replace"))
+        if problems:
+            # An oops or a WARN in the kernel under test is news even when the command passed.
+            _sink(err_target)(
+                (
+                    "uring-epoll kernel: the kernel reported problems during the "
+                    "run (console excerpt):\n" + problems + "\n"
+                ).encode()
+            )
+        return int(status_file.read_text().strip())
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+        # Only now: the group is gone (killed and waited for above) and so is the directory.
+        watchdog.done()
+
+
+# Lines the kernel prints when something is wrong in it (as opposed to boot chatter).
+_PROBLEM_RE = re.compile(
+    r"(BUG:|Oops|WARNING:|Kernel panic|kernel BUG|UBSAN:|KASAN:|general protection|"
+    r"INFO: task .* blocked|rcu: INFO|circular locking|Call Trace:|Modules linked in:|"
+    r"Segfault with no mm)"
+)
+
+
+def kernel_problems(console: str, context: int = 40) -> str:
+    """The part of a console log that reports a kernel problem (oops, WARN, BUG...), or "".
+
+    Only what follows the start of init counts: boot messages are not the code under test.
+    """
+    lines = console.splitlines()
+    start = next((i for i, line in enumerate(lines) if "as init process" in line), 0)
+    for i in range(start, len(lines)):
+        if _PROBLEM_RE.search(lines[i]):
+            return "\n".join(lines[max(start, i - 2) : i + context])
+    return ""
+
+
+class KernelCompletedProcess(subprocess.CompletedProcess[str]):
+    """``subprocess.CompletedProcess`` plus the kernel's console log of the run."""
+
+    console: str = ""
+
+    @property
+    def kernel_problems(self) -> str:
+        """The console excerpt reporting an oops/WARN/BUG during the run, or ""."""
+        return kernel_problems(self.console)
+
+
+def run_capture(
+    argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.0, **kwargs: Any
+) -> KernelCompletedProcess:
+    """:func:`run` with stdout, stderr and the kernel console captured as text.
+
+    Returns a ``subprocess.CompletedProcess`` (``args``, ``returncode``, ``stdout``,
+    ``stderr``) with a ``console`` attribute.
+    """
+    out, err, con = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    user_console = kwargs.pop("console", None)
+    user_sink = _sink(user_console)
+
+    def console(data: bytes) -> None:
+        con.write(data)
+        user_sink(data)
+
+    code = run(argv, timeout=timeout, stdout=out, stderr=err, console=console, **kwargs)
+    result = KernelCompletedProcess(
+        [os.fspath(a) for a in argv],
+        code,
+        out.getvalue().decode(errors="replace"),
+        err.getvalue().decode(errors="replace"),
+    )
+    result.console = con.getvalue().decode(errors="replace")
+    return result
+
+
+def is_inside_uml() -> bool:
+    """True when this process runs on a User-Mode Linux kernel.
+
+    UML reports the host's machine in uname, so the reliable sign is /proc/cpuinfo, whose
+    ``vendor_id`` / ``model name`` lines say "User Mode Linux" / "UML".
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read(8192)
+    except OSError:
+        return False
+    if "User Mode Linux" in text:
+        return True
+    return re.search(r"^model name\s*:\s*UML\b", text, re.M) is not None
