@@ -6,6 +6,7 @@ that boot a kernel are marked ``uml`` and skip inside UML (see uml_support).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 import uring_epoll
 from uring_epoll import kernel
-from uring_epoll.kernel import UML
+from uring_epoll.kernel import UML, guest_init
 
 try:
     import uml_support
@@ -66,6 +67,55 @@ def test_cache_key_changes_with_every_input(inputs: tuple[Path, Path], change: s
         with open(pdir / "series", "a") as f:
             f.write("0003-c.patch\n")
     assert kernel.cache_key(UML, tarball, pdir) != before
+
+
+def test_uml_key_is_the_one_from_before_targets(inputs: tuple[Path, Path]) -> None:
+    """UML builds cached before kernel targets existed keep their key (a rebuild takes a
+    quarter of an hour): the key of these fixed inputs is pinned."""
+    tarball, pdir = inputs
+    assert kernel.cache_key(UML, tarball, pdir) == "fb490cf64cd9db9e"
+
+
+TARGET_CHANGES = {
+    "name": "other",
+    "arch": "x86_64",
+    "base_config": "tinyconfig",
+    "config_fragments": ("um.config", "extra.config"),
+    "tooling_config": UML.tooling_config + "CONFIG_EXTRA=y\n",
+    "make_targets": ("linux", "modules"),
+    "image": "vmlinux",
+    "headers_arch": "x86",
+    "apply_series": False,
+}
+
+
+@pytest.mark.parametrize("field", TARGET_CHANGES)
+def test_cache_key_changes_with_every_target_field(inputs: tuple[Path, Path], field: str) -> None:
+    assert set(TARGET_CHANGES) == {f.name for f in dataclasses.fields(kernel.KernelTarget)}
+    tarball, pdir = inputs
+    (pdir / "extra.config").write_text("CONFIG_EXTRA=y\n")
+    other = dataclasses.replace(UML, **{field: TARGET_CHANGES[field]})
+    assert kernel.cache_key(other, tarball, pdir) != kernel.cache_key(UML, tarball, pdir)
+
+
+def test_target_fragments_are_part_of_the_series(inputs: tuple[Path, Path]) -> None:
+    tarball, pdir = inputs
+    other = dataclasses.replace(UML, config_fragments=("um.config", "extra.config"))
+    with pytest.raises(kernel.KernelSeriesError, match=r"extra\.config") as info:
+        kernel.cache_key(other, tarball, pdir)
+    assert info.value.path == pdir / "extra.config"
+    (pdir / "extra.config").write_text("CONFIG_EXTRA=y\n")
+    before = kernel.cache_key(other, tarball, pdir)
+    (pdir / "extra.config").write_text("CONFIG_EXTRA=m\n")
+    assert kernel.cache_key(other, tarball, pdir) != before
+
+
+def test_control_kernel_key_ignores_the_patches(inputs: tuple[Path, Path]) -> None:
+    tarball, pdir = inputs
+    control = dataclasses.replace(UML, name="um-control", apply_series=False)
+    before = kernel.cache_key(control, tarball, pdir)
+    (pdir / "0002-b.patch").write_text("b changed\n")
+    assert kernel.cache_key(control, tarball, pdir) == before
 
 
 def test_cache_key_ignores_unlisted_files(inputs: tuple[Path, Path]) -> None:
@@ -323,6 +373,16 @@ def test_build_applies_series_merges_config_and_publishes(
     assert built.linux.is_file()
 
 
+def test_control_kernel_is_built_without_the_series(fake_tree: tuple[Path, Path, Path]) -> None:
+    tarball, pdir, _ = fake_tree
+    control = dataclasses.replace(UML, name="um-control", apply_series=False)
+    built = kernel.build(control, tarball=tarball, pdir=pdir, progress=None)
+    assert built.key == kernel.cache_key(control, tarball, pdir)
+    assert built.linux.read_text() == "hello\n"
+    assert "CONFIG_FROM_SERIES=y" in (built.src / ".config").read_text()
+    assert built.key != kernel.cache_key(UML, tarball, pdir)
+
+
 def test_old_builds_are_pruned(
     fake_tree: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -548,3 +608,36 @@ def test_concurrent_runs() -> None:
     for t in threads:
         t.join()
     assert sorted(codes) == [4, 5]
+
+
+# ---------------------------------------------------------------------------------------------
+# The guest's init, on the host: its request and result files, and its refusal to run there
+
+
+def test_guest_init_reads_the_request_as_written(tmp_path: Path) -> None:
+    (tmp_path / "argv").write_bytes(b"sh\0-c\0echo a b\0")
+    (tmp_path / "env").write_bytes(b"A=1\0B=x=y\0EMPTY=\0")
+    (tmp_path / "cwd").write_bytes(b"/some/where")
+    (tmp_path / "ttys").write_text("stderr")
+    argv, env, cwd, ttys = guest_init.read_request(str(tmp_path))
+    assert argv == [b"sh", b"-c", b"echo a b"]
+    assert env == {b"A": b"1", b"B": b"x=y", b"EMPTY": b""}
+    assert (cwd, ttys) == (b"/some/where", ["stderr"])
+    guest_init.write_status(str(tmp_path), 130)
+    assert (tmp_path / "status").read_text() == "130\n"
+    assert not (tmp_path / "status.tmp").exists()
+
+
+def test_guest_init_refuses_to_run_unless_it_is_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run by hand on a host (as root) it would power the host off: it must refuse. The
+    dangerous parts are replaced, so a broken refusal fails this test and nothing else."""
+
+    def forbidden(*args: object) -> None:
+        raise AssertionError("guest_init went past its PID 1 check")
+
+    monkeypatch.setattr(guest_init, "run", forbidden)
+    monkeypatch.setattr(guest_init, "power_off", forbidden)
+    assert guest_init.main([str(tmp_path)]) == 2
+    assert "not PID 1" in capsys.readouterr().err
