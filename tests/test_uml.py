@@ -615,16 +615,19 @@ def test_concurrent_runs() -> None:
 
 
 def test_guest_init_reads_the_request_as_written(tmp_path: Path) -> None:
-    (tmp_path / "argv").write_bytes(b"sh\0-c\0echo a b\0")
-    (tmp_path / "env").write_bytes(b"A=1\0B=x=y\0EMPTY=\0")
-    (tmp_path / "cwd").write_bytes(b"/some/where")
-    (tmp_path / "ttys").write_text("stderr")
-    argv, env, cwd, ttys = guest_init.read_request(str(tmp_path))
+    rundir = str(tmp_path)
+    guest_init.write_request(
+        rundir, ["sh", "-c", "echo a b"], {"A": "1", "B": "x=y", "EMPTY": ""}, "/w", ["stderr"]
+    )
+    argv, env, cwd, ttys = guest_init.read_request(rundir)
     assert argv == [b"sh", b"-c", b"echo a b"]
     assert env == {b"A": b"1", b"B": b"x=y", b"EMPTY": b""}
-    assert (cwd, ttys) == (b"/some/where", ["stderr"])
-    guest_init.write_status(str(tmp_path), 130)
-    assert (tmp_path / "status").read_text() == "130\n"
+    assert (cwd, ttys) == (b"/w", ["stderr"])
+    with pytest.raises(ValueError, match="cannot be passed"):
+        guest_init.write_request(rundir, ["true"], {"A": "x\0y"}, "/", [])
+    assert guest_init.read_status(rundir) is None
+    guest_init.write_status(rundir, 130)
+    assert guest_init.read_status(rundir) == 130
     assert not (tmp_path / "status.tmp").exists()
 
 

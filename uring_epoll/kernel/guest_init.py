@@ -5,7 +5,8 @@ Run by the host's Python as a script, ``python3 -I guest_init.py [--stdout DEV]
 under User-Mode Linux, 9p in a VM). It therefore uses the standard library only and never
 imports the package, which need not be importable this early in boot.
 
-The contract, through the shared directory ``RUNDIR``:
+The contract, through the shared directory ``RUNDIR`` (both sides are here: the host imports
+this module for :func:`write_request` and :func:`read_status`):
 
 * the request, written by the host before boot: ``argv`` and ``env`` (NUL-terminated items),
   ``cwd`` (a path), ``ttys`` (which of ``stdout``/``stderr`` the host caller has on a terminal);
@@ -28,7 +29,7 @@ import os
 import sys
 import termios
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
@@ -119,6 +120,33 @@ def raw_output(fd: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
+def write_request(
+    rundir: str,
+    argv: Sequence[str | os.PathLike[str]],
+    env: Mapping[str, str],
+    cwd: str,
+    ttys: Sequence[str],
+) -> None:
+    """The host's side: write the request :func:`read_request` reads into ``rundir``.
+
+    Raises ValueError for an environment variable that cannot be passed (a ``=`` in its name,
+    a NUL anywhere).
+    """
+    with open(os.path.join(rundir, "argv"), "wb") as f:
+        f.write(b"".join(os.fsencode(a) + b"\0" for a in argv))
+    items = []
+    for name, value in env.items():
+        if "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(f"environment variable {name!r} cannot be passed")
+        items.append(os.fsencode(name) + b"=" + os.fsencode(value) + b"\0")
+    with open(os.path.join(rundir, "env"), "wb") as f:
+        f.write(b"".join(items))
+    with open(os.path.join(rundir, "cwd"), "wb") as f:
+        f.write(os.fsencode(os.path.abspath(cwd)))
+    with open(os.path.join(rundir, "ttys"), "w") as f:
+        f.write(" ".join(ttys))
+
+
 def read_request(rundir: str) -> tuple[list[bytes], dict[bytes, bytes], bytes, list[str]]:
     """(argv, env, cwd, ttys) as the host wrote them into ``rundir``."""
     with open(os.path.join(rundir, "argv"), "rb") as f:
@@ -141,6 +169,16 @@ def write_status(rundir: str, status: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, os.path.join(rundir, "status"))
+
+
+def read_status(rundir: str) -> int | None:
+    """The host's side: the status :func:`write_status` published, or None if there is none
+    (the guest stopped without reporting)."""
+    try:
+        with open(os.path.join(rundir, "status")) as f:
+            return int(f.read().strip())
+    except FileNotFoundError:
+        return None
 
 
 def _open_output(path: str | None, default: int) -> int:

@@ -326,20 +326,16 @@ def run(
         watchdog.done()
         raise
     try:
-        (rundir / "argv").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
-        items = []
-        for name, value in env.items():
-            if "=" in name or "\0" in name or "\0" in value:
-                raise ValueError(f"environment variable {name!r} cannot be passed")
-            items.append(os.fsencode(name) + b"=" + os.fsencode(value) + b"\0")
-        (rundir / "env").write_bytes(b"".join(items))
-        (rundir / "cwd").write_bytes(os.fsencode(os.path.abspath(cwd)))
-        (rundir / "ttys").write_text(
-            " ".join(
+        guest_init.write_request(
+            str(rundir),
+            argv,
+            env,
+            cwd,
+            [
                 name
                 for name, target in (("stdout", out_target), ("stderr", err_target))
                 if _isatty(target)
-            )
+            ],
         )
         # A copy in the run directory: a run depends on nothing of the package's installation
         # staying put while the guest boots (an editable checkout may be switching branches).
@@ -436,7 +432,6 @@ def run(
             for pump in pumps:
                 pump.join(timeout=10)
             log_file.close()
-        status_file = rundir / "status"
         if timed_out:
             error = KernelTimeout(
                 f"the kernel did not finish {shlex.join(map(str, argv))!r} "
@@ -445,7 +440,8 @@ def run(
             )
             error.pgid = proc.pid
             raise error
-        if not status_file.is_file():
+        status = guest_init.read_status(str(rundir))
+        if status is None:
             raise KernelRunError(
                 f"the kernel exited (status {proc.returncode}) without "
                 f"reporting the exit status of {shlex.join(map(str, argv))!r};"
@@ -460,7 +456,7 @@ def run(
                     "run (console excerpt):\n" + problems + "\n"
                 ).encode()
             )
-        return int(status_file.read_text().strip())
+        return status
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
         # Only now: the group is gone (killed and waited for above) and so is the directory.
