@@ -191,9 +191,9 @@ def test_a_finished_run_leaves_no_watchdog_behind() -> None:
 # SIGKILL.
 CALLER = """
 import os, subprocess, sys, time
-from uring_epoll.kernel import uml
+from uring_epoll.kernel.supervise import Watchdog
 rundir, = sys.argv[1:]
-watchdog = uml._Watchdog()
+watchdog = Watchdog()
 watchdog.tell("rundir", rundir)
 group = subprocess.Popen(["sh", "-c", "sleep 1000 & exec sleep 1000"], start_new_session=True)
 watchdog.tell("pgid", group.pid)

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from .cache import KernelBuild
-from .uml import kernel_problems
+from .console import kernel_problems
 
 __all__ = [
     "SELFTEST_DIR",

@@ -25,24 +25,30 @@ import contextlib
 import io
 import os
 import re
-import resource
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import guest_init
-from ._text import tail
 from .builder import build
 from .cache import KernelBuild, find_kernel, verify_kernel
+from .console import KernelCompletedProcess, console_excerpt, kernel_problems
 from .errors import KernelRunError, KernelTimeout
+from .supervise import (
+    DEFAULT,
+    Watchdog,
+    guest_preexec,
+    isatty,
+    pump,
+    sink,
+    wait_group_gone,
+)
 from .targets import UML
 
 __all__ = [
@@ -66,215 +72,6 @@ def _uml_tmpdir() -> str:
     return tempfile.gettempdir()
 
 
-# A guard for the run directory and the UML process group, so that a guest dies with the
-# process that booted it, however that process ends (SIGKILL included, when none of its code
-# runs). It is a separate host process in its own session (terminal signals for the caller's
-# group do not reach it) reading a pipe whose only write end the caller holds: the caller's
-# death closes it. Messages: "rundir PATH", "pgid N" (UML's group, once started) and "done"
-# (the caller cleaned up; exit quietly). End of file without "done": kill the group (its helper
-# processes survive the main UML process otherwise), wait for its members to die, remove the
-# run directory. Standard library only, and run with -I -S: it must start quickly.
-_WATCHDOG = r"""
-import os, shutil, signal, sys, time
-
-for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE):
-    signal.signal(s, signal.SIG_IGN)
-rundir, pgid, buf = None, 0, b""
-while True:
-    try:
-        data = os.read(0, 4096)
-    except OSError:
-        data = b""
-    if not data:
-        break
-    buf += data
-    while b"\n" in buf:
-        line, buf = buf.split(b"\n", 1)
-        word, _, arg = line.partition(b" ")
-        if word == b"rundir":
-            rundir = os.fsdecode(arg)
-        elif word == b"pgid":
-            pgid = int(arg)
-        elif word == b"done":
-            sys.exit(0)
-
-
-def alive(pgid):
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/" + entry + "/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                return True
-    return False
-
-
-if pgid > 1:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            break
-        if not alive(pgid) or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-if rundir:
-    for _ in range(3):
-        shutil.rmtree(rundir, ignore_errors=True)
-        if not os.path.exists(rundir):
-            break
-        time.sleep(0.1)
-"""
-
-
-class _Watchdog:
-    """The caller's end of :data:`_WATCHDOG`."""
-
-    def __init__(self) -> None:
-        read, self._write = os.pipe()  # both non-inheritable; the read end is passed as stdin
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHDOG],
-                stdin=read,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except BaseException:
-            os.close(self._write)
-            raise
-        finally:
-            os.close(read)
-
-    def tell(self, word: str, arg: str | int) -> None:
-        # A watchdog that died (killed by someone) costs the guarantee, not the run.
-        with contextlib.suppress(OSError):
-            os.write(self._write, f"{word} {arg}\n".encode())
-
-    def done(self) -> None:
-        """Everything is cleaned up: let the watchdog go without doing anything."""
-        with contextlib.suppress(OSError):
-            os.write(self._write, b"done\n")
-        os.close(self._write)
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-
-def _wait_group_gone(pgid: int, limit: float) -> None:
-    """Wait (bounded) until every process of the group has died and been reaped.
-
-    UML's helpers are children of the main process; once it is gone they are reparented and
-    reaped by the host's init, which takes a moment. Waiting means a caller that checks for
-    leftovers (or measures CPU) right after run() sees a clean state.
-    """
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
-
-
-def _console_excerpt(console_log: Path) -> str:
-    """The kernel's complaint if it made one (an oops or panic starts there), else the tail."""
-    problems = kernel_problems(tail(console_log, 400))
-    if problems:
-        return f"the kernel reported:\n{problems}"
-    return f"console tail:\n{tail(console_log, 25)}"
-
-
-def _isatty(target: Any) -> bool:
-    if target is None:
-        return False
-    try:
-        fd = target if isinstance(target, int) else target.fileno()
-        return os.isatty(fd)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return False
-
-
-_PR_SET_PDEATHSIG = 1
-_libc: Any = None
-
-
-def _uml_preexec(parent: int) -> Any:
-    """What the UML process runs between fork and exec (``parent``: the caller's pid)."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
-    libc = _libc
-
-    def preexec() -> None:
-        # A guest panic ends UML with abort(): no point in writing a 500 MB core into the run
-        # dir.
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        # Dies with the calling thread (run() blocks in it until UML has ended). Second line
-        # of defence: the watchdog kills the whole group, helpers included.
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the caller died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-def _sink(target: Any) -> Any:
-    """A callable writing bytes to ``target`` (binary file, text file, or None for discard)."""
-    if target is None:
-        return lambda data: None
-    if callable(target) and not hasattr(target, "write"):
-        return target
-    if isinstance(target, int):
-        return lambda data: os.write(target, data)
-    buffer = getattr(target, "buffer", None)
-    if isinstance(target, io.TextIOBase) and buffer is None:
-
-        def write_text(data: bytes) -> None:
-            target.write(data.decode(errors="replace"))
-            target.flush()
-
-        return write_text
-    dest = buffer if buffer is not None else target
-
-    def write_bytes(data: bytes) -> None:
-        # Text wrappers over a buffer may hold text of their own: keep the order.
-        if dest is not target:
-            with contextlib.suppress(Exception):
-                target.flush()
-        dest.write(data)
-        dest.flush()
-
-    return write_bytes
-
-
-def _pump(fd: int, write: Any) -> threading.Thread:
-    def loop() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                data = os.read(fd, 65536)
-                if not data:
-                    break
-                with contextlib.suppress(Exception):
-                    write(data)
-        os.close(fd)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
-
-
-_DEFAULT = object()
-
-
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -282,8 +79,8 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float = 600.0,
     mem: str = "512M",
-    stdout: Any = _DEFAULT,
-    stderr: Any = _DEFAULT,
+    stdout: Any = DEFAULT,
+    stderr: Any = DEFAULT,
     console: Any = None,
     kernel: KernelBuild | None = None,
 ) -> int:
@@ -312,13 +109,13 @@ def run(
     verify_kernel(kernel)
     cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
     env = dict(os.environ) if env is None else dict(env)
-    out_target = sys.stdout if stdout is _DEFAULT else stdout
-    err_target = sys.stderr if stderr is _DEFAULT else stderr
+    out_target = sys.stdout if stdout is DEFAULT else stdout
+    err_target = sys.stderr if stderr is DEFAULT else stderr
     if not argv:
         raise ValueError("run() needs a command")
 
     # Started first, so that no moment exists where a run directory or a guest has no guard.
-    watchdog = _Watchdog()
+    watchdog = Watchdog()
     try:
         rundir = Path(tempfile.mkdtemp(prefix="uring-epoll-uml-"))
         watchdog.tell("rundir", str(rundir))
@@ -334,7 +131,7 @@ def run(
             [
                 name
                 for name, target in (("stdout", out_target), ("stderr", err_target))
-                if _isatty(target)
+                if isatty(target)
             ],
         )
         # A copy in the run directory: a run depends on nothing of the package's installation
@@ -374,7 +171,7 @@ def run(
         ]
         console_log = rundir / "console.log"
         log_file = open(console_log, "wb")  # noqa: SIM115 - closed in the finally below
-        console_write = _sink(console)
+        console_write = sink(console)
 
         def console_sink(data: bytes) -> None:
             log_file.write(data)
@@ -397,7 +194,7 @@ def run(
                 pass_fds=(out_w, err_w, con_w),
                 env=uml_env,
                 cwd=str(rundir),
-                preexec_fn=_uml_preexec(os.getpid()),
+                preexec_fn=guest_preexec(os.getpid()),
                 start_new_session=True,
             )  # its own process group: UML forks helper processes
         except BaseException as exc:
@@ -414,9 +211,9 @@ def run(
         for fd in (out_w, err_w, con_w):
             os.close(fd)
         pumps = [
-            _pump(out_r, _sink(out_target)),
-            _pump(err_r, _sink(err_target)),
-            _pump(con_r, console_sink),
+            pump(out_r, sink(out_target)),
+            pump(err_r, sink(err_target)),
+            pump(con_r, console_sink),
         ]
         timed_out = False
         try:
@@ -428,15 +225,15 @@ def run(
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            _wait_group_gone(proc.pid, 5.0)
-            for pump in pumps:
-                pump.join(timeout=10)
+            wait_group_gone(proc.pid, 5.0)
+            for copier in pumps:
+                copier.join(timeout=10)
             log_file.close()
         if timed_out:
             error = KernelTimeout(
                 f"the kernel did not finish {shlex.join(map(str, argv))!r} "
                 f"within {timeout:g}s and was killed; "
-                f"{_console_excerpt(console_log)}"
+                f"{console_excerpt(console_log)}"
             )
             error.pgid = proc.pid
             raise error
@@ -445,12 +242,12 @@ def run(
             raise KernelRunError(
                 f"the kernel exited (status {proc.returncode}) without "
                 f"reporting the exit status of {shlex.join(map(str, argv))!r};"
-                f" {_console_excerpt(console_log)}"
+                f" {console_excerpt(console_log)}"
             )
         problems = kernel_problems(console_log.read_bytes().decode(errors="replace"))
         if problems:
             # An oops or a WARN in the kernel under test is news even when the command passed.
-            _sink(err_target)(
+            sink(err_target)(
                 (
                     "uring-epoll kernel: the kernel reported problems during the "
                     "run (console excerpt):\n" + problems + "\n"
@@ -463,38 +260,6 @@ def run(
         watchdog.done()
 
 
-# Lines the kernel prints when something is wrong in it (as opposed to boot chatter).
-_PROBLEM_RE = re.compile(
-    r"(BUG:|Oops|WARNING:|Kernel panic|kernel BUG|UBSAN:|KASAN:|general protection|"
-    r"INFO: task .* blocked|rcu: INFO|circular locking|Call Trace:|Modules linked in:|"
-    r"Segfault with no mm)"
-)
-
-
-def kernel_problems(console: str, context: int = 40) -> str:
-    """The part of a console log that reports a kernel problem (oops, WARN, BUG...), or "".
-
-    Only what follows the start of init counts: boot messages are not the code under test.
-    """
-    lines = console.splitlines()
-    start = next((i for i, line in enumerate(lines) if "as init process" in line), 0)
-    for i in range(start, len(lines)):
-        if _PROBLEM_RE.search(lines[i]):
-            return "\n".join(lines[max(start, i - 2) : i + context])
-    return ""
-
-
-class KernelCompletedProcess(subprocess.CompletedProcess[str]):
-    """``subprocess.CompletedProcess`` plus the kernel's console log of the run."""
-
-    console: str = ""
-
-    @property
-    def kernel_problems(self) -> str:
-        """The console excerpt reporting an oops/WARN/BUG during the run, or ""."""
-        return kernel_problems(self.console)
-
-
 def run_capture(
     argv: Sequence[str | os.PathLike[str]], *, timeout: float = 600.0, **kwargs: Any
 ) -> KernelCompletedProcess:
@@ -505,7 +270,7 @@ def run_capture(
     """
     out, err, con = io.BytesIO(), io.BytesIO(), io.BytesIO()
     user_console = kwargs.pop("console", None)
-    user_sink = _sink(user_console)
+    user_sink = sink(user_console)
 
     def console(data: bytes) -> None:
         con.write(data)
