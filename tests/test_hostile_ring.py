@@ -30,7 +30,7 @@ from uring_epoll import abi
 
 SOURCE = Path(__file__).resolve().parent / "hostile_ring.c"
 #: Hostile rounds: at most this many, for at most this long (then the fresh check).
-ROUNDS = 8 if IN_UML else 30
+ROUNDS = 20 if IN_UML else 30
 SECONDS = 40 if IN_UML else 20
 ROUND_MS = 200 if IN_UML else 100
 TIMEOUT_S = 150
