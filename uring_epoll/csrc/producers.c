@@ -95,7 +95,8 @@ static void *producer_main(void *arg)
 				p->error = -ret;
 			break;
 		}
-		p->written++;
+		/* Atomic only so that ue_producers_written() may read it meanwhile */
+		__atomic_store_n(&p->written, p->written + 1, __ATOMIC_RELAXED);
 		i += g->nthreads;
 		if (i >= g->nfds)
 			i = p->first;
@@ -242,6 +243,17 @@ int ue_producers_cpu(const struct ue_producers *g, uint32_t t, int *pinned, int 
 	*pinned = g->threads[t].cpu;
 	*last = __atomic_load_n(&g->threads[t].last_cpu, __ATOMIC_RELAXED);
 	return 0;
+}
+
+/* Writes so far, all threads together (the group keeps running); valid until join */
+uint64_t ue_producers_written(const struct ue_producers *g)
+{
+	uint64_t total = 0;
+	uint32_t t;
+
+	for (t = 0; t < g->nthreads; t++)
+		total += __atomic_load_n(&g->threads[t].written, __ATOMIC_RELAXED);
+	return total;
 }
 
 void ue_producers_stop(struct ue_producers *g)

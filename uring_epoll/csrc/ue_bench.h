@@ -39,6 +39,7 @@ struct ue_producers *ue_producers_start_flags(const int *fds, uint32_t nfds, uin
 					      uint64_t writes_per_thread, uint64_t value,
 					      int mode, uint32_t flags, int *err);
 int ue_producers_cpu(const struct ue_producers *p, uint32_t t, int *pinned, int *last);
+uint64_t ue_producers_written(const struct ue_producers *p);
 struct ue_producers *ue_producers_start_inject(const struct ue_runtime *rt, struct ue_emu *emu,
 					       const int *fds, uint32_t nfds, uint32_t nthreads,
 					       uint32_t events, int *err);
