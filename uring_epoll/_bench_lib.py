@@ -14,7 +14,7 @@ from ._native_lib import lib as runtime_lib
 from ._native_lib import load_module
 
 #: Must equal UE_BENCH_VERSION in csrc/ue_bench.h.
-EXPECTED_BENCH_VERSION = 1
+EXPECTED_BENCH_VERSION = 2
 
 _bench = load_module("_bench_native", "UE_BENCH_VERSION", EXPECTED_BENCH_VERSION)
 ffi: Any = _bench.ffi

@@ -23,7 +23,7 @@
 /* cdef: begin */
 
 /* Bumped whenever this module's C interface changes; checked at import. */
-#define UE_BENCH_VERSION 1
+#define UE_BENCH_VERSION 2
 /* The runtime interface this module was compiled against: struct ue_consumer's size and
  * struct ue_runtime must be the ones of the runtime module it is handed. */
 #define UE_BENCH_RUNTIME_VERSION UE_NATIVE_VERSION
@@ -33,6 +33,13 @@ struct ue_producers;
 struct ue_producers *ue_producers_start(const int *fds, uint32_t nfds, uint32_t nthreads,
 					uint64_t writes_per_thread, uint64_t value, int mode,
 					int *err);
+/* Flags of ue_producers_start_flags: pin thread t to CPU t % n of the n the process may use */
+#define UE_PRODUCERS_PIN_CPUS 1
+struct ue_producers *ue_producers_start_flags(const int *fds, uint32_t nfds, uint32_t nthreads,
+					      uint64_t writes_per_thread, uint64_t value,
+					      int mode, uint32_t flags, int *err);
+int ue_producers_cpu(const struct ue_producers *p, uint32_t t, int *pinned, int *last);
+uint64_t ue_producers_written(const struct ue_producers *p);
 struct ue_producers *ue_producers_start_inject(const struct ue_runtime *rt, struct ue_emu *emu,
 					       const int *fds, uint32_t nfds, uint32_t nthreads,
 					       uint32_t events, int *err);
