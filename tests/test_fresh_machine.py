@@ -19,7 +19,7 @@ from pathlib import Path
 import fresh_machine as fm  # tests/ is on sys.path (pytest's rootdir-relative import)
 import pytest
 
-from uring_epoll.kernel import is_inside_uml
+from uring_epoll.kernel import is_inside_uml, vm
 
 #: Measured on two cores: debootstrap 59-96 s (the longer with apt-installing debootstrap and
 #: another kernel build running), the bench command 91-151 s, the test command 878-1493 s (the
@@ -89,8 +89,8 @@ def test_readme_command_extraction(tmp_path: Path) -> None:
 def test_readme_commands_on_a_fresh_debian(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if os.environ.get(fm.IN_FRESH_MACHINE_ENV):
         pytest.skip("already inside the fresh-machine chroot: not starting another")
-    if is_inside_uml():
-        pytest.skip("a test of the host's install: the in-kernel run tests the package")
+    if is_inside_uml() or vm.is_inside_vm():
+        pytest.skip("a test of the host's install: the in-kernel runs test the package")
     if not (_in_ci() or os.environ.get(fm.OPT_IN_ENV) == "1"):
         pytest.skip(
             f"takes ~30 min (debootstrap, then the whole suite and a kernel build in a chroot): "

@@ -1,7 +1,7 @@
 """Everything that needs the patched kernel, run inside it from the normal host test run.
 
 Each check is its own test so the report names what ran: the package's suite inside the kernel
-(``pytest -m "not uml"`` with the kernel backend required), each C selftest of the epoll
+(``pytest -m "not uml and not vm"`` with the kernel backend required), each C selftest of the epoll
 selftest directory, and the CLI. Inside UML these tests skip (``uml_support.kernel``), so the
 nested run cannot recurse even without ``-m "not uml"``.
 """
@@ -69,7 +69,7 @@ def test_package_suite_inside_kernel(tmp_path: Path) -> None:
     """The whole non-uml suite and the benchmark suites (once each) against the real kernel,
     with the kernel backend required."""
     result = uml_support.run_in_kernel(
-        pytest_command("tests", "bench", "-m", "not uml"),
+        pytest_command("tests", "bench", "-m", "not uml and not vm"),
         timeout=1800,
         extra_env={
             IN_UML_ENV: "1",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import uring_epoll
-from uring_epoll.kernel import is_inside_uml, pytest_command
+from uring_epoll.kernel import is_inside_uml, pytest_command, vm
 
 #: The tests beside this file (a checkout's, or CI's copy of the sdist's), and the package they
 #: test: its directory holds the C sources and both builders, installed or not.
@@ -62,6 +62,9 @@ pytestmark = [
     # memory ("Shadow memory range interleaves with an existing memory mapping"); the host
     # run of the same suite covers the C layer.
     pytest.mark.skipif(is_inside_uml(), reason="ASan cannot map its shadow inside UML"),
+    # Under QEMU's emulation a second sanitized build and run would cost minutes; the C layer
+    # is the same as on the host, where this runs.
+    pytest.mark.skipif(vm.is_inside_vm(), reason="the host's run covers the sanitized build"),
 ]
 
 

@@ -1,11 +1,14 @@
 """The project's Linux 6.1 with the patch series: build it, cache it, boot it, test it.
 
 One job per module: :mod:`.source` (the Debian source tarball, the build tools, the patch
-series), :mod:`.targets` (what to build: :data:`UML`), :mod:`.cache` (keys, verified entries,
-the lock, atomic publication), :mod:`.builder` (the build steps), :mod:`.guest_init` (the first
-process inside a booted guest), :mod:`.uml` (the User-Mode Linux vehicle), :mod:`.selftest`
-(the C selftests) and :mod:`.cli` (``uring-epoll kernel ...``). The public names of all of them
-are re-exported here.
+series), :mod:`.targets` (what to build: :data:`UML`, :data:`VM`, :data:`VM_CONTROL`),
+:mod:`.cache` (keys, verified entries, the lock, atomic publication), :mod:`.builder` (the
+build steps), :mod:`.guest_init` (the first process inside a booted guest), :mod:`.uml` (the
+User-Mode Linux vehicle), :mod:`.vm` (the x86_64 VM vehicle: QEMU through virtme-ng, N CPUs),
+:mod:`.guest_batch` (many commands in one boot), :mod:`.supervise` and :mod:`.console` (what
+both vehicles share), :mod:`.selftest` (the C selftests) and :mod:`.cli` (``uring-epoll
+kernel ...``). The public names of most of them are re-exported here; the VM vehicle's are in
+:mod:`.vm`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from .source import (
     patches_dir,
     read_series,
 )
-from .targets import TARGETS, UML, KernelTarget
+from .targets import TARGETS, UML, VM, VM_CONTROL, KernelTarget
 from .uml import (
     IN_UML_ENV,
     KernelCompletedProcess,
@@ -73,6 +76,8 @@ __all__ = [
     "TARGETS",
     "UML",
     "UML_UNRUNNABLE",
+    "VM",
+    "VM_CONTROL",
     "KernelBuild",
     "KernelBuildError",
     "KernelCacheError",

@@ -445,18 +445,17 @@ def _keep_count() -> int:
 def prune(keep: int = 3, current: str | None = None) -> list[Path]:
     """Delete all but the ``keep`` most recently built kernels (about 2 GB each); return them.
 
-    ``current`` (default: the key of the current inputs of every known target) is always kept.
-    Called after every build, because iterating on the patch series makes a new key per
-    change.
+    ``current`` and the key of the current inputs of every known target (the UML kernel, the
+    VM kernel and its control) are always kept. Called after every build, because iterating on
+    the patch series makes a new key per change.
     """
     root = cache_root()
     protected: set[str] = set()
     if current is not None:
         protected.add(current)
-    else:
-        for target in TARGETS:
-            with contextlib.suppress(KernelBuildError):
-                protected.add(cache_key(target))
+    for target in TARGETS:
+        with contextlib.suppress(KernelBuildError):
+            protected.add(cache_key(target))
     builds = [
         p
         for p in root.glob("*")

@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import vm
 from .builder import build
 from .cache import cache_key, clean_all, find_kernel, prune
 from .errors import KernelBuildError, KernelCacheError, KernelRunError, KernelTimeout
 from .selftest import compile_selftest, selftest_sources, selftest_verdict
-from .targets import UML, KernelTarget
+from .targets import UML, VM, VM_CONTROL, KernelTarget
 from .uml import IN_UML_ENV, run, run_capture
 
 __all__ = ["add_cli", "main", "pytest_command"]
@@ -39,9 +40,30 @@ def _test_root(given: str | None) -> Path | None:
 
 
 def _target(args: argparse.Namespace) -> KernelTarget:
-    """The kernel the command is about. Every subcommand asks here, so that a vehicle option
-    (a ``--vm`` booting an x86_64 kernel instead of UML) has one place to choose the target."""
+    """The kernel the command is about: UML, or with ``--vm`` the x86_64 debug kernel (its
+    unpatched control with ``--control``)."""
+    if getattr(args, "vm", False):
+        return VM_CONTROL if getattr(args, "control", False) else VM
     return UML
+
+
+def _boot(args: argparse.Namespace, argv: Sequence[str], **kwargs: Any) -> int:
+    """Run ``argv`` in the vehicle the options chose (``kwargs`` as for both ``run``s)."""
+    if args.vm:
+        return vm.run(argv, cpus=args.cpus, memory=args.mem or "2G", target=_target(args), **kwargs)
+    return run(argv, mem=args.mem or "512M", **kwargs)
+
+
+def _boot_capture(args: argparse.Namespace, argv: Sequence[str], **kwargs: Any) -> Any:
+    if args.vm:
+        return vm.run_capture(
+            argv, cpus=args.cpus, memory=args.mem or "2G", target=_target(args), **kwargs
+        )
+    return run_capture(argv, mem=args.mem or "512M", **kwargs)
+
+
+#: The markers of tests that boot a kernel themselves: a run inside a guest deselects them.
+HOST_ONLY = "not uml and not vm"
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -135,10 +157,10 @@ def _run_cli(
 ) -> int:
     try:
         with _terminate_cleanly():
-            return run(
+            return _boot(
+                args,
                 argv,
                 timeout=args.timeout,
-                mem=args.mem,
                 env=env,
                 cwd=cwd,
                 console=sys.stderr if args.console else None,
@@ -186,8 +208,9 @@ def _cmd_test(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    argv = pytest_command("tests", "-m", "not uml", *extra)
-    env = dict(os.environ, **{IN_UML_ENV: "1", "URING_EPOLL_REQUIRE_KERNEL": "1"})
+    argv = pytest_command("tests", "-m", HOST_ONLY, *extra)
+    guest_env = {"URING_EPOLL_IN_VM": "1"} if args.vm else {IN_UML_ENV: "1"}
+    env = dict(os.environ, **guest_env, URING_EPOLL_REQUIRE_KERNEL="1")
     return _run_cli(argv, args, env=env, cwd=str(root))
 
 
@@ -218,10 +241,10 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
             print(f"--- {source.name}", flush=True)
             try:
                 with _terminate_cleanly():
-                    result = run_capture(
+                    result = _boot_capture(
+                        args,
                         [str(binary)],
                         timeout=args.timeout,
-                        mem=args.mem,
                         cwd=tmp,
                         kernel=kernel,
                         console=sys.stderr if args.console else None,
@@ -232,7 +255,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
                 continue
             sys.stdout.write(result.stdout)
             sys.stderr.write(result.stderr)
-            verdict = selftest_verdict(source.name, result)
+            verdict = selftest_verdict(source.name, result, uml=not args.vm)
             print(f"--- {source.name}: exit {result.returncode}: {verdict or 'ok'}", flush=True)
             if verdict is not None:
                 failed.append(source.name)
@@ -253,9 +276,25 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     )
     sub = kernel.add_subparsers(dest="kernel_command", metavar="SUBCOMMAND")
 
-    # Options of the subcommands that boot a kernel. A vehicle choice (--vm) would join them
-    # and _target().
+    def vehicle_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--vm",
+            action="store_true",
+            help="the x86_64 debug kernel (PREEMPT, lockdep, KASAN) in a QEMU VM through "
+            "virtme-ng, instead of User-Mode Linux",
+        )
+        p.add_argument(
+            "--control",
+            action="store_true",
+            help="with --vm: the same kernel without the patch series",
+        )
+
+    # Options of the subcommands that boot a kernel.
     def boot_options(p: argparse.ArgumentParser, timeout: float) -> None:
+        vehicle_options(p)
+        p.add_argument(
+            "--cpus", type=int, default=2, metavar="N", help="with --vm: virtual CPUs (2)"
+        )
         p.add_argument(
             "--timeout",
             type=float,
@@ -263,7 +302,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
             metavar="S",
             help=f"kill the kernel after S seconds (default {timeout:g})",
         )
-        p.add_argument("--mem", default="512M", help="guest memory (default 512M)")
+        p.add_argument("--mem", help="guest memory (default 512M for UML, 2G for --vm)")
         p.add_argument(
             "--console",
             action="store_true",
@@ -271,10 +310,12 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         )
 
     p = sub.add_parser("build", help="build the kernel, or reuse the cached one; print its path")
+    vehicle_options(p)
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("path", help="print the cached kernel's path (exit 1 if not built)")
+    vehicle_options(p)
     p.add_argument("--src", action="store_true", help="print the build tree instead")
     p.set_defaults(func=_cmd_path)
 
@@ -286,7 +327,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run a command inside the kernel; exit with its status",
-        usage="%(prog)s [--timeout S] [--mem M] [--console] -- CMD...",
+        usage="%(prog)s [--vm [--control] [--cpus N]] [--timeout S] [--mem M] [--console] "
+        "-- CMD...",
     )
     boot_options(p, 600.0)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")

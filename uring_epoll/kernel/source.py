@@ -204,11 +204,33 @@ def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) ->
     Raises :class:`KernelSourceError` naming the reason when that is impossible (no apt-get,
     not root, apt failing), so callers can turn it into a skip or a failure as they see fit.
     """
-    global _apt_updated
     tarball = SOURCE_TARBALL if tarball is None else tarball
-    missing = missing_build_packages(tarball)
+    _apt_install(lambda: missing_build_packages(tarball), log)
+    return tarball
+
+
+#: What the VM vehicle runs, and the Debian package that provides it (virtme-ng itself is a
+#: Python dependency of the package).
+VM_TOOLS: tuple[tuple[str, str], ...] = (("qemu-system-x86_64", "qemu-system-x86"),)
+
+
+def missing_vm_packages() -> list[str]:
+    """The Debian packages the VM vehicle needs that this machine lacks."""
+    return [package for need, package in VM_TOOLS if shutil.which(need) is None]
+
+
+def ensure_vm_tools(*, log: IO[str] | None = None) -> None:
+    """Install QEMU through apt if it is missing (:class:`KernelSourceError` if impossible)."""
+    _apt_install(missing_vm_packages, log)
+
+
+def _apt_install(missing_now: Callable[[], list[str]], log: IO[str] | None) -> None:
+    """One ``apt-get install`` of what ``missing_now()`` lists (after one ``apt-get update`` per
+    process), then check that nothing is missing any more."""
+    global _apt_updated
+    missing = missing_now()
     if not missing:
-        return tarball
+        return
     what = ", ".join(missing)
     apt = shutil.which("apt-get")
     if apt is None:
@@ -231,10 +253,9 @@ def ensure_source(tarball: Path | None = None, *, log: IO[str] | None = None) ->
             raise KernelSourceError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
         if cmd[1] == "update":
             _apt_updated = True
-    still = missing_build_packages(tarball)
+    still = missing_now()
     if still:
         raise KernelSourceError(f"still missing after apt-get install: {', '.join(still)}")
-    return tarball
 
 
 # --------------------------------------------------------------------------------------------
