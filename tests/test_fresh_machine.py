@@ -19,7 +19,7 @@ from pathlib import Path
 import fresh_machine as fm  # tests/ is on sys.path (pytest's rootdir-relative import)
 import pytest
 
-from uring_epoll.kernel import is_inside_uml, vm
+from uring_epoll.kernel import cache_root, is_inside_uml, vm
 
 #: Measured on two cores: debootstrap 59-96 s (the longer with apt-installing debootstrap and
 #: another kernel build running), the bench command 91-151 s, the test command 878-1493 s (the
@@ -147,7 +147,9 @@ def _run_on_fresh_copy(
             fm.copy_base(base, root)
             fm.provision(root)
             fm.copy_source_tree(tree, root / fm.CHROOT_CHECKOUT.lstrip("/"))
-        with timer.phase(f"command {name}"), fm.chroot_mounts(root):
+        # The kernel cache is shared (see fresh_machine): nothing is built twice in a run.
+        shared = [(cache_root(), fm.CHROOT_KERNEL_CACHE)] if name == "test" else []
+        with timer.phase(f"command {name}"), fm.chroot_mounts(root, shared):
             status = fm.run_in_chroot(root, command, log_path, timeout)
         assert not fm.mounts_under(root), f"mounts left in {root}: {fm.mounts_under(root)}"
     except fm.FreshMachineError as exc:

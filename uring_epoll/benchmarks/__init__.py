@@ -21,7 +21,6 @@ noisy. Only ratios taken in the same run mean anything.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -110,10 +109,12 @@ def run(
 
 
 def _run_in_kernel(args: Any) -> dict[str, Any]:
-    """Run the same bench inside the patched User-Mode Linux; return its JSON report."""
-    import tempfile
+    """Run the same bench inside the patched kernel (User-Mode Linux, or with ``--vm`` the
+    x86_64 VM); return its JSON report, labelled with the vehicle."""
+    import io
 
     from .. import kernel
+    from ..kernel import vm
 
     forwarded = ["--quick"] if args.quick else []
     for scenario in args.scenario or []:
@@ -123,17 +124,24 @@ def _run_in_kernel(args: Any) -> dict[str, Any]:
     forwarded += ["--producers", str(args.producers)]
     for source in args.source or []:
         forwarded += ["--source", source]
-    # The guest's root is the host's filesystem, so a host path carries the report back.
-    with tempfile.TemporaryDirectory(prefix="uring-epoll-bench-", dir=os.getcwd()) as tmp:
-        out = os.path.join(tmp, "report.json")
-        argv = [sys.executable, "-m", "uring_epoll.cli", "bench", *forwarded, "--json-file", out]
-        # The guest's table would print twice: keep its stderr (progress, errors), print ours.
-        code = kernel.run(argv, timeout=3600, stdout=None)
-        if code != 0:
-            raise SystemExit(f"bench inside the kernel failed with exit status {code}")
-        with open(out) as f:
-            report: dict[str, Any] = json.load(f)
-            return report
+    # The report comes back on stdout (the VM's root is read-only); the guest's stderr shows
+    # its errors.
+    argv = [sys.executable, "-m", "uring_epoll.cli", "bench", *forwarded, "--json"]
+    out = io.BytesIO()
+    if args.vm:
+        accel, _ = vm.accelerator()
+        code = vm.run(argv, timeout=3600, stdout=out, cpus=args.cpus)
+    else:
+        code = kernel.run(argv, timeout=3600, stdout=out)
+    if code != 0:
+        raise SystemExit(f"bench inside the kernel failed with exit status {code}")
+    try:
+        report: dict[str, Any] = json.loads(out.getvalue())
+    except ValueError as exc:
+        raise RuntimeError(f"the bench inside the kernel printed no report: {exc}") from None
+    if args.vm:
+        report["environment"]["vm"] = {"accel": accel, "cpus": args.cpus}
+    return report
 
 
 def _load(path: str) -> dict[str, Any]:
@@ -157,6 +165,9 @@ def main(args: Any) -> int:
     try:
         if args.load:
             report = _load(args.load)
+        elif args.vm and not args.kernel:
+            print("uring-epoll bench: --vm goes with --kernel", file=sys.stderr)
+            return 2
         elif args.kernel:
             report = _run_in_kernel(args)
         else:
@@ -229,4 +240,10 @@ def add_cli(subparsers: Any) -> None:
         action="store_true",
         help="run inside the patched User-Mode Linux (kernel backend included)",
     )
+    p.add_argument(
+        "--vm",
+        action="store_true",
+        help="with --kernel: inside the x86_64 VM (2 vCPUs, KVM or TCG) instead of UML",
+    )
+    p.add_argument("--cpus", type=int, default=2, metavar="N", help="with --kernel --vm: vCPUs (2)")
     p.set_defaults(func=main)

@@ -28,6 +28,21 @@ def environment() -> dict[str, Any]:
     }
 
 
+def vehicle_note(env: dict[str, Any]) -> str:
+    """Where the figures were taken, when that is not a plain host, and what that distorts."""
+    if env.get("user_mode_linux"):
+        return "User-Mode Linux: system calls cost ~60x more here; compare ratios only."
+    vm = env.get("vm")
+    if vm:
+        return f"x86_64 VM ({vm['accel'].upper()}, {vm['cpus']} vCPUs, lockdep+KASAN kernel): " + (
+            "emulated CPUs, a system call costs ~2x the host's in Python loop iterations; "
+            "compare ratios only."
+            if vm["accel"] == "tcg"
+            else "compare ratios only."
+        )
+    return ""
+
+
 def is_uml() -> bool:
     """True inside User-Mode Linux, where only ratios taken in the same run mean anything."""
     try:
@@ -44,11 +59,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"uring-epoll {env['uring_epoll']} on {env['kernel']} ({env['machine']}, "
         f"{env['cpus']} CPUs), Python {env['python']}",
     ]
-    if env.get("user_mode_linux"):
-        lines.append(
-            "User-Mode Linux figures: system calls cost ~60x more here; only ratios inside "
-            "this run mean anything."
-        )
+    if vehicle_note(env):
+        lines.append(vehicle_note(env))
     what = max([44] + [len(r["label"]) for r in report["results"]])
     header = f"{'scenario':<10} {'what':<{what}} {'ring':>10} {'baseline':>10} {'unit':<13} ratio"
     lines += [header, "-" * len(header)]
@@ -106,8 +118,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"uring-epoll {env['uring_epoll']}, {env['kernel']} ({env['machine']}, {env['cpus']} "
         f"CPUs), Python {env['python']}, numpy {env['numpy']}, {env['time']}."
     ]
-    if env.get("user_mode_linux"):
-        lines.append("User-Mode Linux: system calls cost ~60x more here; compare ratios only.")
+    if vehicle_note(env):
+        lines.append(vehicle_note(env))
     for scenario in dict.fromkeys(r["scenario"] for r in report["results"]):
         lines += [
             "",
@@ -189,6 +201,8 @@ def plot(report: dict[str, Any], path: str) -> None:
     title = f"uring-epoll {env['uring_epoll']}: {env['kernel']}, {env['cpus']} CPUs"
     if env.get("user_mode_linux"):
         title += " (User-Mode Linux: compare ratios only)"
+    elif env.get("vm"):
+        title += f" (x86_64 VM, {env['vm']['accel'].upper()}: compare ratios only)"
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=110)
