@@ -257,6 +257,19 @@ def test_kernel_forms_wake_edge_triggered_on_every_command(kernel_impl: str) -> 
         assert ep.poll(0) == [(v.fileno(), IN)]
 
 
+def test_reading_the_set_wakes_no_one(impl: str) -> None:
+    """``events`` is a read: an edge-triggered watcher must not see an event for it (the
+    ioctl that also returns the set, ADD 0, wakes every watcher). A bit above the 16 that
+    poll(2) can report must read back too."""
+    initial = IN if impl == "emulation" else IN | 1 << 16
+    with VPoll(initial, impl) as v, select.epoll() as ep:
+        ep.register(v.fileno(), IN | select.EPOLLET)
+        assert ep.poll(0) == [(v.fileno(), IN)]  # the initial state
+        for _ in range(3):
+            assert v.events == initial
+            assert ep.poll(0) == []
+
+
 def test_eventfd_form_reads_the_set_without_consuming(kernel_impl: str) -> None:
     if kernel_impl != "eventfd":
         pytest.skip("the eventfd form only")
