@@ -25,6 +25,7 @@ from .cache import (
     verify_kernel,
 )
 from .cli import add_cli, main, pytest_command
+from .console import KernelCompletedProcess, kernel_problems
 from .errors import (
     KernelBuildError,
     KernelCacheError,
@@ -53,14 +54,7 @@ from .source import (
     read_series,
 )
 from .targets import TARGETS, UML, VM, VM_CONTROL, KernelTarget
-from .uml import (
-    IN_UML_ENV,
-    KernelCompletedProcess,
-    is_inside_uml,
-    kernel_problems,
-    run,
-    run_capture,
-)
+from .uml import IN_UML_ENV, is_inside_uml, run, run_capture
 
 __all__ = [
     "BUILD_TOOLS",

@@ -22,7 +22,6 @@ code can be exercised from a normal test run, without root on a VM, in about a s
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import shlex
@@ -38,8 +37,8 @@ from typing import Any
 from . import guest_init
 from .builder import build
 from .cache import KernelBuild, find_kernel, verify_kernel
-from .console import KernelCompletedProcess, console_excerpt, kernel_problems
-from .errors import KernelRunError, KernelTimeout
+from .console import KernelCompletedProcess, capture, outcome
+from .errors import KernelRunError
 from .supervise import (
     DEFAULT,
     Watchdog,
@@ -55,7 +54,6 @@ __all__ = [
     "IN_UML_ENV",
     "KernelCompletedProcess",
     "is_inside_uml",
-    "kernel_problems",
     "run",
     "run_capture",
 ]
@@ -229,31 +227,17 @@ def run(
             for copier in pumps:
                 copier.join(timeout=10)
             log_file.close()
-        if timed_out:
-            error = KernelTimeout(
-                f"the kernel did not finish {shlex.join(map(str, argv))!r} "
-                f"within {timeout:g}s and was killed; "
-                f"{console_excerpt(console_log)}"
-            )
-            error.pgid = proc.pid
-            raise error
-        status = guest_init.read_status(str(rundir))
-        if status is None:
-            raise KernelRunError(
-                f"the kernel exited (status {proc.returncode}) without "
-                f"reporting the exit status of {shlex.join(map(str, argv))!r};"
-                f" {console_excerpt(console_log)}"
-            )
-        problems = kernel_problems(console_log.read_bytes().decode(errors="replace"))
-        if problems:
-            # An oops or a WARN in the kernel under test is news even when the command passed.
-            sink(err_target)(
-                (
-                    "uring-epoll kernel: the kernel reported problems during the "
-                    "run (console excerpt):\n" + problems + "\n"
-                ).encode()
-            )
-        return status
+        return outcome(
+            argv,
+            guest="the kernel",
+            rundir=rundir,
+            console_log=console_log,
+            timed_out=timed_out,
+            timeout=timeout,
+            pgid=proc.pid,
+            returncode=proc.returncode,
+            err_target=err_target,
+        )
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
         # Only now: the group is gone (killed and waited for above) and so is the directory.
@@ -268,23 +252,7 @@ def run_capture(
     Returns a ``subprocess.CompletedProcess`` (``args``, ``returncode``, ``stdout``,
     ``stderr``) with a ``console`` attribute.
     """
-    out, err, con = io.BytesIO(), io.BytesIO(), io.BytesIO()
-    user_console = kwargs.pop("console", None)
-    user_sink = sink(user_console)
-
-    def console(data: bytes) -> None:
-        con.write(data)
-        user_sink(data)
-
-    code = run(argv, timeout=timeout, stdout=out, stderr=err, console=console, **kwargs)
-    result = KernelCompletedProcess(
-        [os.fspath(a) for a in argv],
-        code,
-        out.getvalue().decode(errors="replace"),
-        err.getvalue().decode(errors="replace"),
-    )
-    result.console = con.getvalue().decode(errors="replace")
-    return result
+    return capture(run, argv, KernelCompletedProcess, timeout=timeout, **kwargs)
 
 
 def is_inside_uml() -> bool:

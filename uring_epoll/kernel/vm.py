@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
-import io
 import os
 import shlex
 import shutil
@@ -46,8 +45,8 @@ from typing import Any
 from . import guest_init
 from .builder import build
 from .cache import KernelBuild, find_kernel, verify_kernel
-from .console import KernelCompletedProcess, console_excerpt, kernel_problems
-from .errors import KernelRunError, KernelTimeout
+from .console import KernelCompletedProcess, capture, outcome
+from .errors import KernelRunError
 from .source import ensure_vm_tools
 from .supervise import DEFAULT, Watchdog, guest_preexec, pump, sink, wait_group_gone
 from .targets import VM, KernelTarget
@@ -324,29 +323,17 @@ def run(
             for follower in followers:
                 follower.finish()
             log_file.close()
-        what = shlex.join(map(str, argv))
-        if timed_out:
-            error = KernelTimeout(
-                f"the VM did not finish {what!r} within {timeout:g}s and was killed; "
-                f"{console_excerpt(console_log)}"
-            )
-            error.pgid = proc.pid
-            raise error
-        status = guest_init.read_status(str(rundir))
-        if status is None:
-            raise KernelRunError(
-                f"the VM ended (vng status {proc.returncode}) without reporting the exit "
-                f"status of {what!r}; {console_excerpt(console_log)}"
-            )
-        problems = kernel_problems(console_log.read_bytes().decode(errors="replace"))
-        if problems:
-            sink(err_target)(
-                (
-                    "uring-epoll kernel: the kernel reported problems during the run "
-                    "(console excerpt):\n" + problems + "\n"
-                ).encode()
-            )
-        return status
+        return outcome(
+            argv,
+            guest="the VM",
+            rundir=rundir,
+            console_log=console_log,
+            timed_out=timed_out,
+            timeout=timeout,
+            pgid=proc.pid,
+            returncode=proc.returncode,
+            err_target=err_target,
+        )
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
         watchdog.done()
@@ -364,22 +351,8 @@ def run_capture(
     argv: Sequence[str | os.PathLike[str]], *, timeout: float = 900.0, **kwargs: Any
 ) -> VMCompletedProcess:
     """:func:`run` with stdout, stderr and the kernel console captured as text."""
-    out, err, con = io.BytesIO(), io.BytesIO(), io.BytesIO()
-    user_sink = sink(kwargs.pop("console", None))
-
-    def console(data: bytes) -> None:
-        con.write(data)
-        user_sink(data)
-
     started = time.monotonic()
-    code = run(argv, timeout=timeout, stdout=out, stderr=err, console=console, **kwargs)
-    result = VMCompletedProcess(
-        [os.fspath(a) for a in argv],
-        code,
-        out.getvalue().decode(errors="replace"),
-        err.getvalue().decode(errors="replace"),
-    )
-    result.console = con.getvalue().decode(errors="replace")
+    result = capture(run, argv, VMCompletedProcess, timeout=timeout, **kwargs)
     result.accel = accelerator()[0]
     result.cpus = int(kwargs.get("cpus", 2))
     result.seconds = time.monotonic() - started
