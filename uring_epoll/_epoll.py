@@ -585,10 +585,14 @@ class epoll:
     def _pairs_binding_for(self, count: int) -> tuple[Any, ...]:
         """Split result arrays for *count* events and their C binding (with what it uses)."""
         try:
-            data = np.zeros(count, np.uint64)
-            events = np.zeros(count, np.uint32)
+            # One block of the size select.epoll allocates (12 bytes per event), so that a
+            # machine that cannot give it one cannot give it us either: the same MemoryError
+            # for the same maxevents, not two smaller allocations that happen to fit.
+            block = np.zeros(count * _EPOLL_EVENT_SIZE, np.uint8)
         except MemoryError:
             raise MemoryError from None  # as select.epoll: the plain one, not numpy's subclass
+        data = block[: 8 * count].view(np.uint64)  # first: numpy's allocation is aligned
+        events = block[8 * count :].view(np.uint32)
         data_ptr, events_ptr = ffi.from_buffer(data), ffi.from_buffer(events)
         with _Inside(self):
             memory = self._backend.memory

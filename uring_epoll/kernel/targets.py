@@ -122,7 +122,7 @@ VM = KernelTarget(
     name="x86_64-debug",
     arch="x86_64",
     base_config="allnoconfig",
-    config_fragments=("x86_64-vm.config", "x86_64-debug.config"),
+    config_fragments=("x86_64-vm.config", "x86_64-debug.config", "x86_64-series.config"),
     tooling_config=_VM_TOOLING_CONFIG,
     make_targets=("bzImage",),
     image="arch/x86/boot/bzImage",
@@ -132,7 +132,12 @@ VM = KernelTarget(
 
 #: The same kernel without the series: the control that tells a regression of the series from
 #: what the unpatched 6.1 (or QEMU's timing) does anyway.
-VM_CONTROL = dataclasses.replace(VM, name="x86_64-debug-control", apply_series=False)
+VM_CONTROL = dataclasses.replace(
+    VM,
+    name="x86_64-debug-control",
+    apply_series=False,
+    config_fragments=("x86_64-vm.config", "x86_64-debug.config"),
+)
 
 #: Every target the tooling knows; ``prune`` keeps the current build of each.
 TARGETS: tuple[KernelTarget, ...] = (UML, VM, VM_CONTROL)
