@@ -410,9 +410,10 @@ def chroot_argv(root: Path, command: str) -> list[str]:
         "LANG=C.UTF-8",
         "CI=true",
         f"{IN_FRESH_MACHINE_ENV}=1",
-        # The VM tests' statistics (flaky cases against the unpatched kernel) are the host
-        # run's job; here they only have to work, with fewer repeats.
-        "URING_EPOLL_VM_REPEATS=10",
+        # The SMP campaign (tests/test_vm_smp.py: a quarter of an hour of emulated CPUs) runs
+        # in the host's run of the same CI against the same cached kernels; here the VM
+        # vehicle's own tests prove that a fresh machine installs QEMU and boots the VM.
+        "PYTEST_ADDOPTS=--deselect tests/test_vm_smp.py",
         "bash",
         "-c",
         f"cd {CHROOT_CHECKOUT} && {command}",
