@@ -1,7 +1,8 @@
 """A guest dies with the process that booted it, and its scratch directory goes with it.
 
 ``uring-epoll kernel run`` is started in its own session, the guest runs a command that says
-"ready" and sleeps, and the host process is then killed by SIGKILL, SIGTERM or SIGHUP. Within
+"ready" and sleeps, and the host process is then killed by SIGKILL, SIGTERM, SIGHUP or SIGINT
+(Ctrl-C: it too must end the run cleanly, by that signal and without a traceback). Within
 a bounded time no process of UML's process group may remain (zombies waiting for the host's init
 to reap them hold nothing and are not counted) and the run directory must be gone.
 
@@ -88,7 +89,7 @@ def wait_for_line(stream: int, expected: bytes, limit: float) -> bytes:
 
 
 @pytest.mark.uml
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_guest_dies_with_its_parent(signum: int, tmp_path: Path) -> None:
     kernel = uml_support.kernel()
     scratch = tmp_path / "scratch"  # TMPDIR of the host process: its run directory goes here

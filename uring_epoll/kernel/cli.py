@@ -109,7 +109,8 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
 
 class _Terminated(BaseException):
-    """Raised in the main thread by SIGTERM or SIGHUP while a CLI command boots a kernel."""
+    """Raised in the main thread by SIGTERM, SIGHUP or SIGINT while a CLI command boots a
+    kernel."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -118,11 +119,12 @@ class _Terminated(BaseException):
 
 @contextlib.contextmanager
 def _terminate_cleanly() -> Any:
-    """Turn SIGTERM and SIGHUP into an exception, so that :func:`run` kills the guest and
-    removes its directory on the way out; then die by that signal, as a shell expects of a
-    program killed by it. A signal the caller ignores (``nohup``) stays ignored; a second
-    signal during the cleanup is ignored too (the watchdog still covers a SIGKILL)."""
-    signals = (signal.SIGTERM, signal.SIGHUP)
+    """Turn SIGTERM, SIGHUP and SIGINT (Ctrl-C) into an exception, so that :func:`run` kills
+    the guest and removes its directory on the way out; then die by that signal, as a shell
+    expects of a program killed by it, without a traceback. A signal the caller ignores
+    (``nohup``, a background job) stays ignored; a second signal during the cleanup is
+    ignored too (the watchdog still covers a SIGKILL)."""
+    signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -134,7 +136,8 @@ def _terminate_cleanly() -> Any:
 
     previous = {s: signal.getsignal(s) for s in signals}
     for s in signals:
-        if previous[s] == signal.SIG_DFL:
+        # SIGINT's usual handler is Python's (KeyboardInterrupt), the others' the default.
+        if previous[s] in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(s, handler)
     try:
         yield
