@@ -19,7 +19,16 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["DEFAULT", "Watchdog", "guest_preexec", "isatty", "pump", "sink", "wait_group_gone"]
+__all__ = [
+    "DEFAULT",
+    "Watchdog",
+    "guest_preexec",
+    "isatty",
+    "pump",
+    "sink",
+    "wait_group_gone",
+    "wait_then_kill",
+]
 
 #: "The caller's own stream" for the ``stdout``/``stderr`` parameters of the vehicles' run().
 DEFAULT: Any = object()
@@ -141,6 +150,26 @@ def wait_group_gone(pgid: int, limit: float) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.05)
+
+
+def wait_then_kill(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for a guest's main process, then kill its whole group
+    and wait until the group is gone; return whether the timeout expired.
+
+    The group is killed whatever happened (a finished guest included, and an exception such
+    as a terminating signal while waiting): helper processes may outlive the main one and
+    hold the output pipes open.
+    """
+    try:
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_group_gone(proc.pid, 5.0)
 
 
 def isatty(target: Any) -> bool:

@@ -21,12 +21,10 @@ code can be exercised from a normal test run, without root on a VM, in about a s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +44,7 @@ from .supervise import (
     isatty,
     pump,
     sink,
-    wait_group_gone,
+    wait_then_kill,
 )
 from .targets import UML
 
@@ -213,17 +211,9 @@ def run(
             pump(err_r, sink(err_target)),
             pump(con_r, console_sink),
         ]
-        timed_out = False
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = wait_then_kill(proc, timeout)
         finally:
-            # Always: helper processes may outlive the main one and keep the pipes open.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            wait_group_gone(proc.pid, 5.0)
             for copier in pumps:
                 copier.join(timeout=10)
             log_file.close()

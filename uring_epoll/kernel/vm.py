@@ -48,7 +48,7 @@ from .cache import KernelBuild, find_kernel, verify_kernel
 from .console import KernelCompletedProcess, capture, outcome
 from .errors import KernelRunError
 from .source import ensure_vm_tools
-from .supervise import DEFAULT, Watchdog, guest_preexec, pump, sink, wait_group_gone
+from .supervise import DEFAULT, Watchdog, guest_preexec, pump, sink, wait_then_kill
 from .targets import VM, KernelTarget
 
 __all__ = [
@@ -309,16 +309,9 @@ def run(
             _FileFollower(rundir / "stderr", sink(err_target)),
         ]
         console_pump = pump(con_r, console_sink)
-        timed_out = False
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = wait_then_kill(proc, timeout)
         finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, 9)
-            proc.wait()
-            wait_group_gone(proc.pid, 5.0)
             console_pump.join(timeout=10)
             for follower in followers:
                 follower.finish()
