@@ -245,6 +245,24 @@ def test_kernel_problems_finds_splats_after_init_only() -> None:
     assert "fs/eventpoll.c" in found and "ep_insert" in found and "at boot" not in found
 
 
+def test_kernel_problems_ignores_the_guest_helpers_own_warnings() -> None:
+    """virtme-ng's init prints "WARNING:" lines of its own (seen on a minimal Debian without
+    `ip`); the kernel's reports, lockdep's and KASAN's included, still count."""
+    boot = "Run /usr/lib/virtme-ng-init as init process\n"
+    helper = (
+        'virtme-ng-init: WARNING: failed to run: "ip" link set dev lo up\n'
+        "virtme-run: failed to start virtiofsd, fallback to 9p\n"
+    )
+    assert kernel.kernel_problems(boot + helper) == ""
+    for report in (
+        "WARNING: possible circular locking dependency detected\n",
+        "BUG: KASAN: slab-use-after-free in ep_remove+0x1/0x2\n",
+        "BUG: sleeping function called from invalid context at mm/slab.h:1\n",
+        "rcu: INFO: rcu_preempt self-detected stall on CPU\n",
+    ):
+        assert report.strip() in kernel.kernel_problems(boot + helper + report)
+
+
 def test_cli_registers_kernel_subcommands() -> None:
     import argparse
 

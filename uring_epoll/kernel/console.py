@@ -38,15 +38,21 @@ PROBLEM_RE = re.compile(
 )
 
 
+# Lines written to the console by user space, not by the kernel: virtme-ng's init and
+# launcher print their own "WARNING:" lines (a missing `ip` on a minimal Debian, say).
+USER_SPACE_RE = re.compile(r"^\s*(\+\s*)?virtme[-\w]*:")
+
+
 def kernel_problems(console: str, context: int = 40) -> str:
     """The part of a console log that reports a kernel problem (oops, WARN, BUG...), or "".
 
     Only what follows the start of init counts: boot messages are not the code under test.
+    Nor do the messages of the guest's user-space helpers (:data:`USER_SPACE_RE`).
     """
     lines = console.splitlines()
     start = next((i for i, line in enumerate(lines) if "as init process" in line), 0)
     for i in range(start, len(lines)):
-        if PROBLEM_RE.search(lines[i]):
+        if PROBLEM_RE.search(lines[i]) and not USER_SPACE_RE.match(lines[i]):
             return "\n".join(lines[max(start, i - 2) : i + context])
     return ""
 
