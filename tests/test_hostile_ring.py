@@ -19,12 +19,12 @@ runner of the kernel vehicle, which checks the console.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from backends import AVAILABLE, IN_UML, REQUIRE_KERNEL, kernel_missing_reason
+from c_programs import compile_c
 
 from uring_epoll import abi
 
@@ -39,17 +39,7 @@ TIMEOUT_S = 150
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """hostile_ring compiled on the host (the guest runs host binaries through hostfs)."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed")
-    binary = tmp_path_factory.mktemp("hostile") / "hostile_ring"
-    proc = subprocess.run(
-        [gcc, "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(binary), str(SOURCE)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return binary
+    return compile_c(SOURCE, tmp_path_factory.mktemp("hostile") / "hostile_ring")
 
 
 @pytest.fixture

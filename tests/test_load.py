@@ -22,13 +22,14 @@ Inside User-Mode Linux every system call costs ~60x more, so the sizes are divid
 from __future__ import annotations
 
 import os
-import resource
 import select
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from backends import ALL, scaled
+from fd_limits import raised_nofile
 
 import uring_epoll
 from uring_epoll._bench_lib import ffi, lib
@@ -41,17 +42,10 @@ DEADLINE_S = 120
 
 
 @pytest.fixture
-def nofile() -> None:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit for the test, then restore it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = NFDS + 256
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < {need} needed for {NFDS} eventfds")
-    # An infinite hard limit cannot be a soft one (fs.nr_open caps it): ask for what we need.
-    target = max(soft, need) if hard == resource.RLIM_INFINITY else hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+def nofile() -> Iterator[None]:
+    """RLIMIT_NOFILE raised for the eventfds of the test."""
+    with raised_nofile(NFDS + 256):
+        yield
 
 
 @pytest.fixture

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import os
 import queue
-import resource
 import select
 import threading
 import time
@@ -62,6 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from backends import ALL, REQUIRE_KERNEL, scaled
+from fd_limits import raised_nofile
 
 import uring_epoll
 from uring_epoll import vpoll
@@ -88,15 +88,9 @@ FD_MASK = 0xFFFFFFFF
 
 @pytest.fixture
 def nofile() -> Iterator[None]:
-    """Raise RLIMIT_NOFILE's soft limit to what the eventfds and vpoll sources need."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = NEVENTFDS + 2 * NVPOLLS + 256  # an emulated vpoll source is a socketpair
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < {need} needed")
-    target = max(soft, need) if hard == resource.RLIM_INFINITY else hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    """RLIMIT_NOFILE raised for the eventfds and vpoll sources of the test."""
+    with raised_nofile(NEVENTFDS + 2 * NVPOLLS + 256):  # an emulated vpoll is a socketpair
+        yield
 
 
 def vpoll_impls() -> list[str]:

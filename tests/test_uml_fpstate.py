@@ -11,11 +11,11 @@ proves it can fail, and the size the kernel reports at boot is compared with the
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from c_programs import compile_c
 
 try:
     import uml_support
@@ -30,17 +30,7 @@ SIZE_LINE = re.compile(r"FP state of a thread: (\d+) bytes")
 @pytest.fixture(scope="module")
 def checker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fpstate_check compiled on the host (the guest runs host binaries through hostfs)."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed")
-    binary = tmp_path_factory.mktemp("fpstate") / "fpstate_check"
-    proc = subprocess.run(
-        [gcc, "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(binary), str(SOURCE)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return binary
+    return compile_c(SOURCE, tmp_path_factory.mktemp("fpstate") / "fpstate_check")
 
 
 def host_xsave_size(checker: Path) -> int:
