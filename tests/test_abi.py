@@ -33,8 +33,17 @@ def test_header_dtype() -> None:
         "max_items_nr": ("<u4", 12),
         "head": ("<u4", 16),
         "tail": ("<u4", 20),
+        "repoll": ("<u4", 24),
     }
-    assert dt.names == ("magic", "header_length", "index_length", "max_items_nr", "head", "tail")
+    assert dt.names == (
+        "magic",
+        "header_length",
+        "index_length",
+        "max_items_nr",
+        "head",
+        "tail",
+        "repoll",
+    )
 
 
 def test_item_dtype() -> None:

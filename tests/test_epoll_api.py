@@ -964,7 +964,7 @@ def test_epoll_backend_has_no_ring(efd) -> None:
     with uring_epoll.epoll(backend="epoll") as ep:
         assert ep.header is None and ep.items is None and ep.index is None
         assert ep.max_items is None and ep.protocol is None
-        assert ep.stats == uring_epoll.PollStats(0, 0, 0, 0, 0, 0, 0, 0)
+        assert ep.stats == uring_epoll.PollStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 # ---- protocols -------------------------------------------------------------------------------

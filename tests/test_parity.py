@@ -300,22 +300,12 @@ HANGUPS = {
     "mode", [EPOLLET, 0, EPOLLET | select.EPOLLRDHUP], ids=["ET", "LT", "ET-RDHUP"]
 )
 @pytest.mark.parametrize("scenario", list(HANGUPS))
-def test_hangup_bits_match_select_epoll(
-    backend: str, mode: int, scenario: str, request: pytest.FixtureRequest
-) -> None:
+def test_hangup_bits_match_select_epoll(backend: str, mode: int, scenario: str) -> None:
     """Hang-ups and shutdowns wake the file's wait queue without a key (sock_def_wakeup,
     pipe_release): the bits the ring reports must still be the ones epoll_wait reports --
     in particular no EPOLLERR that nothing raised, and no HUP for a half-closed socket,
-    which an event loop would take as "tear the connection down" before reading the rest."""
-    if backend == "kernel":
-        # Known deviation of kernel_patches/0002: a key-less wake-up publishes the registered
-        # interest (which always holds ERR|HUP) instead of re-polling the file from a work
-        # item as the RFC did. Fixing it is open work on the patch.
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=False, reason="kernel port: key-less wake-ups report the registered interest"
-            )
-        )
+    which an event loop would take as "tear the connection down" before reading the rest.
+    (The kernel ring gets these through the header's repoll word: test_keyless_wakeups.py.)"""
     fd, keep, hang_up = HANGUPS[scenario]()
     try:
         with uring_epoll.epoll(backend=backend) as ours, select.epoll() as std:

@@ -332,6 +332,9 @@ class PollStats:
     skipped: int
     #: protocol 3: drains that stopped at an index slot reserved but not yet written
     slot_waits: int
+    #: kernel backend: epoll_wait(NULL, 0, 0) calls made because the header's ``repoll`` said
+    #: files woke without a key and wait to be polled (see ``abi.HEADER_DTYPE``)
+    repolls: int
     #: EPOLL_CTL_MOD re-arms of delivered level-triggered registrations
     rearms: int
 
@@ -771,6 +774,7 @@ class epoll:
             spin_hits=counters.get("spin_hits", 0),
             skipped=counters.get("skipped", 0),
             slot_waits=counters.get("slot_waits", 0),
+            repolls=counters.get("repolls", 0),
             rearms=self._rearms,
         )
 

@@ -61,13 +61,29 @@ EPOLL_CTL_MOD = 3
 
 HEADER_DTYPE = np.dtype(
     {
-        "names": ["magic", "header_length", "index_length", "max_items_nr", "head", "tail"],
-        "formats": ["<u4"] * 6,
-        "offsets": [0, 4, 8, 12, 16, 20],
+        "names": [
+            "magic",
+            "header_length",
+            "index_length",
+            "max_items_nr",
+            "head",
+            "tail",
+            "repoll",
+        ],
+        "formats": ["<u4"] * 7,
+        "offsets": [0, 4, 8, 12, 16, 20, 24],
         "itemsize": HEADER_SIZE,
     }
 )
-"""The 128-byte ring header (``struct epoll_uheader``)."""
+"""The 128-byte ring header (``struct epoll_uheader``).
+
+``repoll`` is this project's kernel port's addition to the RFC's header (the RFC left bytes
+24..127 as padding): the kernel sets it when a file woke the epoll without saying which events
+(signalfd, inotify, pidfd, a pipe's release, a socket's state change...). Such files must be
+polled by the ring's owner, in its own context, before the ring can report them; one
+``epoll_wait(epfd, NULL, 0, 0)`` has the kernel do it and clears the word. The consumer checks
+it on every poll, so a poll(0) that drains the ring without a system call still sees them.
+"""
 
 ITEM_DTYPE = np.dtype(
     {

@@ -289,6 +289,7 @@ class RingMemory:
             "spin_hits": s.spin_hits,
             "skipped": s.skipped,
             "slot_waits": s.slot_waits,
+            "repolls": s.repolls,
         }
 
     def corrupt_error(self) -> OSError:

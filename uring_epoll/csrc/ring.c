@@ -346,10 +346,25 @@ static long epoll_wait_split(int epfd, void *events_out, uint64_t *data_out, uin
 	return total;
 }
 
+/*
+ * Kernel mode: the kernel set the header's repoll word, so files woke the epoll without a key
+ * and wait for their owner to poll them (their events reach the ring only then). The load is
+ * RELAXED: the word is a hint. The kernel sets it under ep->lock after queueing the item and
+ * clears it before it takes the queue under that lock, so a wakeup is never left unannounced;
+ * a stale 1 costs one epoll_wait(NULL, 0, 0) that finds nothing, and the system call itself
+ * orders everything that follows it. The emulator never sets it.
+ */
+static int repoll_pending(const struct ue_consumer *c)
+{
+	return c->mode == UE_WAIT_KERNEL &&
+	       __atomic_load_n(&c->ring.hdr->repoll, __ATOMIC_RELAXED) != 0;
+}
+
 static int ring_empty(struct ue_consumer *c)
 {
 	return __atomic_load_n(&c->ring.hdr->head, __ATOMIC_RELAXED) ==
-	       __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE);
+		       __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE) &&
+	       !repoll_pending(c);
 }
 
 /*
@@ -415,6 +430,19 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 	for (;;) {
 		if (__atomic_load_n(&c->closing, __ATOMIC_RELAXED))
 			return -EBADF;
+		if (repoll_pending(c)) {
+			/*
+			 * Before the drain, not only when it finds nothing: a ring that is never
+			 * empty must not hold back a signalfd or a hang-up for ever. The kernel
+			 * polls the waiting files and appends what they report (-ESTALE), or
+			 * finds nothing to report (0).
+			 */
+			int ret = ue_sys_epoll_wait_null(c->epfd, 0);
+
+			c->stats.repolls++;
+			if (ret < 0 && ret != -ESTALE)
+				return ret;
+		}
 		n = ue_drain(c, out, data_out, maxevents);
 		if (n != 0)
 			return n;

@@ -67,6 +67,7 @@ struct ue_stats {
 	uint64_t spin_hits;   /* spins that saw the tail move */
 	uint64_t skipped;     /* entries consumed without an event (EPOLLREMOVED, masked) */
 	uint64_t slot_waits;  /* protocol 3: drains stopped at a reserved, unwritten slot */
+	uint64_t repolls;     /* kernel: epoll_wait(NULL, 0, 0) calls for key-less wakeups */
 };
 
 struct ue_consumer {

@@ -15,7 +15,10 @@
 #define UE_EPOLLREMOVED (1u << 27)
 #define UE_MAX_ITEMS 65536u
 
-/* Shared header: written once by the producer except head (consumer) and tail (producer). */
+/*
+ * Shared header: written once by the producer except head (consumer), tail and repoll
+ * (producer). repoll is the 6.1 port's addition (zero elsewhere): see poll_inner in ring.c.
+ */
 struct ue_uheader {
 	uint32_t magic;
 	uint32_t header_length;
@@ -23,7 +26,8 @@ struct ue_uheader {
 	uint32_t max_items_nr;
 	uint32_t head;
 	uint32_t tail;
-	uint8_t padding[UE_HEADER_SIZE - 24];
+	uint32_t repoll; /* kernel: items woken without a key wait for an epoll_wait() */
+	uint8_t padding[UE_HEADER_SIZE - 28];
 };
 
 struct ue_uitem {
