@@ -182,6 +182,7 @@ void ue_emu_free(struct ue_emu *emu);
 /* What the Python side needs to map the rings (sizes and mmap offsets). */
 struct ue_uring_info {
 	int ring_fd;
+	int poll_fd; /* an epoll fd holding ring_fd: readable while the CQ holds completions */
 	uint32_t sq_entries;
 	uint32_t cq_entries;
 	uint32_t features;

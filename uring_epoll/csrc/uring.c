@@ -62,7 +62,7 @@
  * SINGLE_ISSUER, which refuses submissions from any thread but one, where an epoll object is
  * used from several; IORING_SETUP_COOP_TASKRUN never interrupts the submitting thread, so a
  * poll on another thread could sleep while completions wait for the submitter's next system
- * call. See backends/uring.py for the measurements.
+ * call. backends/uring.py has the measurements.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -118,6 +118,7 @@ struct reg {
 struct ue_uring {
 	int ring_fd;
 	int shadow_fd; /* epoll holding the same registrations: epoll's errors, liveness */
+	int front_fd;  /* epoll holding ring_fd alone: what epoll.fileno() is */
 	struct io_uring_params params;
 	/* Mapped by the caller (Python owns the mappings), checked by ue_uring_attach. */
 	uint32_t *sq_khead, *sq_ktail, *sq_kflags, *sq_array;
@@ -230,7 +231,7 @@ struct ue_uring *ue_uring_new(uint32_t max_items, struct ue_uring_info *info, in
 		*err = -ENOMEM;
 		return NULL;
 	}
-	u->ring_fd = u->shadow_fd = -1;
+	u->ring_fd = u->shadow_fd = u->front_fd = -1;
 	u->regs = calloc(max_items, sizeof(*u->regs));
 	if (!u->regs) {
 		*err = -ENOMEM;
@@ -262,11 +263,29 @@ struct ue_uring *ue_uring_new(uint32_t max_items, struct ue_uring_info *info, in
 		*err = -errno;
 		goto fail;
 	}
+	/*
+	 * fileno(): an epoll fd, as select.epoll's is (fromfd and nesting treat it as one),
+	 * readable while completions wait in the CQ (the io_uring fd's own poll).
+	 */
+	u->front_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (u->front_fd < 0) {
+		*err = -errno;
+		goto fail;
+	}
+	{
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0 };
+
+		if (epoll_ctl(u->front_fd, EPOLL_CTL_ADD, u->ring_fd, &ev)) {
+			*err = -errno;
+			goto fail;
+		}
+	}
 	if (pthread_mutex_init(&u->lock, NULL)) {
 		*err = -ENOMEM;
 		goto fail;
 	}
 	info->ring_fd = u->ring_fd;
+	info->poll_fd = u->front_fd;
 	info->sq_entries = u->params.sq_entries;
 	info->cq_entries = u->params.cq_entries;
 	info->features = u->params.features;
@@ -280,6 +299,8 @@ struct ue_uring *ue_uring_new(uint32_t max_items, struct ue_uring_info *info, in
 	info->off_sqes = IORING_OFF_SQES;
 	return u;
 fail:
+	if (u->front_fd >= 0)
+		close(u->front_fd);
 	if (u->shadow_fd >= 0)
 		close(u->shadow_fd);
 	if (u->ring_fd >= 0)
@@ -352,6 +373,8 @@ void ue_uring_free(struct ue_uring *u)
 		close(u->ring_fd);
 	if (u->shadow_fd >= 0)
 		close(u->shadow_fd);
+	if (u->front_fd >= 0)
+		close(u->front_fd);
 	free(u->slot_of_fd);
 	free(u->regs);
 	free(u);
@@ -500,8 +523,9 @@ static int ctl_locked(struct ue_uring *u, int op, int fd, uint32_t events, uint6
 	struct reg *r;
 	int ret;
 
-	if (fd == u->ring_fd)
-		return -EINVAL; /* as epoll refuses itself */
+	/* As epoll refuses itself (or a dup of itself: fileno()'s epoll), for every op. */
+	if (fd == u->ring_fd || fd == u->front_fd || ue_sys_same_file(fd, u->front_fd) == 1)
+		return -EINVAL;
 	if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD && op != EPOLL_CTL_DEL)
 		return -EINVAL;
 	if (op == EPOLL_CTL_ADD && slot < 0 && u->used == u->max_items) {
