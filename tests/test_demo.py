@@ -63,6 +63,10 @@ def expected(impl: str, backend: str) -> list[str]:
             {"GOT event 1": "GOT event 3", "GOT event 2011": "GOT event 201f"}.get(x, x)
             for x in body
         ]
+    if impl == "emulation" and backend == "uring":
+        # io_uring completes a poll with the wake-up's key when there is one, as the kernel
+        # ring does (IN|PRI for the socket's data), and polls the file when there is none.
+        body = [{"GOT event 1": "GOT event 3"}.get(x, x) for x in body]
     return [first, f"ring backend: {backend}", *body]
 
 
