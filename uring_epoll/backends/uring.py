@@ -35,6 +35,8 @@ Semantics where they differ from the ring backends, or could surprise:
   ``epoll_wait`` polls the file at delivery. Only asked-for bits (and ERR, HUP) are reported.
 - EPOLLEXCLUSIVE is refused (ValueError) as on the other ring backends: an exclusive wake-up
   means nothing with one poll request per registration.
+- ``spin_us``: a poll that finds the CQ empty spins on it (no system call) that long before
+  sleeping in ``io_uring_enter``, as the ring backends spin on their ring.
 - ``fileno()`` is an epoll fd holding the io_uring fd alone: readable while completions wait
   in the CQ, and an epoll like ``select.epoll``'s (``fromfd`` of a dup shares the object).
 - A fork child cannot use the parent's object (RuntimeError, as on the other ring backends):
@@ -131,7 +133,7 @@ class UringBackend(BackendBase):
             if ret < 0:
                 raise os_error(ret, "attaching the io_uring rings")
             consumer = ffi.new("struct ue_consumer *")
-            ret = lib.ue_consumer_init_uring(consumer, uring)
+            ret = lib.ue_consumer_init_uring(consumer, uring, spin_ns)
             if ret < 0:
                 raise os_error(ret)
         except BaseException:
@@ -193,7 +195,10 @@ class UringBackend(BackendBase):
     def stats(self) -> dict[str, int]:
         s = ffi.new("struct ue_uring_stats *")
         lib.ue_uring_stats(self._ring(), s)
+        spun = self._memory[0].stats  # the consumer's spins on an empty CQ
         return {
+            "spins": spun.spins,
+            "spin_hits": spun.spin_hits,
             "ring_events": s.events,
             "cqes": s.cqes,
             "coalesced": s.coalesced,

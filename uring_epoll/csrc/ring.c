@@ -132,7 +132,7 @@ int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, voi
 	return 0;
 }
 
-int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u)
+int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u, uint64_t spin_ns)
 {
 	memset(c, 0, sizeof(*c));
 	if (!u)
@@ -140,6 +140,7 @@ int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u)
 	c->mode = UE_WAIT_URING;
 	c->uring = u;
 	c->epfd = -1;
+	c->spin_ns = spin_ns < UE_SPIN_MAX_NS ? spin_ns : UE_SPIN_MAX_NS;
 	return 0;
 }
 
@@ -408,8 +409,38 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 			return ue_sys_epoll_wait_ns(c->epfd, out, (int)maxevents, timeout_ns);
 		return epoll_wait_split(c->epfd, out, data_out, maxevents, timeout_ns);
 	}
-	if (c->mode == UE_WAIT_URING)
-		return ue__uring_poll(c->uring, out, data_out, maxevents, timeout_ns, &c->closing);
+	if (c->mode == UE_WAIT_URING) {
+		uint64_t spin_end;
+
+		if (!c->spin_ns || !may_spin || timeout_ns == 0)
+			return ue__uring_poll(c->uring, out, data_out, maxevents, timeout_ns,
+					      &c->closing);
+		/* As below for the rings: drain, spin on the CQ, then sleep in the kernel. */
+		n = ue__uring_poll(c->uring, out, data_out, maxevents, 0, &c->closing);
+		if (n != 0)
+			return n;
+		now = now_ns();
+		spin_end = now + c->spin_ns;
+		if (timeout_ns > 0 && spin_end > now + (uint64_t)timeout_ns)
+			spin_end = now + (uint64_t)timeout_ns;
+		c->stats.spins++;
+		while (!ue__uring_pending(c->uring) && now_ns() < spin_end)
+			cpu_relax();
+		if (ue__uring_pending(c->uring)) {
+			c->stats.spin_hits++;
+			if (timeout_ns > 0) {
+				now = now_ns() - now;
+				timeout_ns = now >= (uint64_t)timeout_ns ? 0 : timeout_ns - (int64_t)now;
+			}
+			return ue__uring_poll(c->uring, out, data_out, maxevents, timeout_ns,
+					      &c->closing);
+		}
+		if (timeout_ns > 0 && now_ns() - now >= (uint64_t)timeout_ns)
+			return 0;
+		/* A signal during the spin: the caller's handlers run first (see below). */
+		resumed = c;
+		return -EINTR;
+	}
 	if (!maxevents)
 		return -EINVAL;
 

@@ -224,7 +224,8 @@ int ue_uring_forget(struct ue_uring *u, int fd);
 int ue_uring_stats(struct ue_uring *u, struct ue_uring_stats *out);
 /* Close the ring's fds and free; submits nothing (safe in a fork child). */
 void ue_uring_free(struct ue_uring *u);
-int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u);
+/* The consumer in UE_WAIT_URING mode; spin_ns as for the rings (clamped the same way). */
+int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u, uint64_t spin_ns);
 
 /* Fixed-argument system call wrappers, each returning the result or -errno (sys.c) */
 int ue_sys_epoll_create2(long nr, int flags, size_t size);

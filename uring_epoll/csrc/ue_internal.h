@@ -56,6 +56,9 @@ void ue__emu_idle(struct ue_emu *emu);
 long ue__uring_poll(struct ue_uring *u, void *out, uint64_t *data_out, uint32_t max,
 		    int64_t timeout_ns, const int *closing);
 
+/* True if the CQ holds completions, or the kernel holds some back (a hint: no lock). */
+int ue__uring_pending(struct ue_uring *u);
+
 /* Wake every thread asleep in io_uring_enter on u (a NOP's completion). */
 void ue__uring_wake(struct ue_uring *u);
 

@@ -111,7 +111,8 @@ struct reg {
 	uint32_t pos;	 /* ... and where, to OR further CQEs into that event */
 	int32_t fd;
 	uint8_t mode;
-	uint8_t armed; /* a request of this generation is queued or in flight */
+	uint8_t armed;	  /* a request of this generation is queued or in flight */
+	uint8_t need_arm; /* a re-arm found no SQE: queued by a later drain */
 	uint32_t next_free;
 };
 
@@ -135,6 +136,7 @@ struct ue_uring {
 	uint32_t max_items;
 	uint32_t free_head; /* first free slot, max_items when none */
 	uint32_t used;
+	uint32_t need_arm; /* registrations waiting for an SQE to re-arm them */
 	int32_t *slot_of_fd; /* fd -> slot + 1 (0: none) */
 	uint32_t fd_cap;
 	struct ue_uring_stats stats;
@@ -354,8 +356,20 @@ int ue_uring_attach(struct ue_uring *u, void *sq_ring, size_t sq_len, void *cq_r
 
 int ue_uring_stats(struct ue_uring *u, struct ue_uring_stats *out)
 {
+	const struct ue_uring_stats *s = &u->stats;
+
 	pthread_mutex_lock(&u->lock);
-	*out = u->stats;
+	out->cqes = s->cqes;
+	out->events = s->events;
+	out->coalesced = s->coalesced;
+	out->stale = s->stale;
+	out->skipped = s->skipped;
+	out->rearms = s->rearms;
+	out->multishot_restarts = s->multishot_restarts;
+	out->overflows = s->overflows;
+	/* These two are counted atomically outside the lock as well (sleeping pollers). */
+	out->enters = __atomic_load_n(&s->enters, __ATOMIC_RELAXED);
+	out->sleeps = __atomic_load_n(&s->sleeps, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&u->lock);
 	return 0;
 }
@@ -438,8 +452,18 @@ static int queue_add(struct ue_uring *u, uint32_t slot)
 	struct reg *r = &u->regs[slot];
 	struct io_uring_sqe *sqe = get_sqe(u);
 
-	if (!sqe)
+	if (!sqe) {
+		/* Never a registration left unarmed: a later drain queues it (rearm_waiting). */
+		if (!r->need_arm) {
+			r->need_arm = 1;
+			u->need_arm++;
+		}
 		return -EBUSY;
+	}
+	if (r->need_arm) {
+		r->need_arm = 0;
+		u->need_arm--;
+	}
 	sqe->opcode = IORING_OP_POLL_ADD;
 	sqe->fd = r->fd;
 	sqe->poll32_events = r->events | EV_ERR | EV_HUP;
@@ -504,6 +528,10 @@ static void release_slot(struct ue_uring *u, uint32_t slot)
 	r->gen++;
 	r->mode = REG_FREE;
 	r->armed = 0;
+	if (r->need_arm) {
+		r->need_arm = 0;
+		u->need_arm--;
+	}
 	r->next_free = u->free_head;
 	u->free_head = slot;
 	u->used--;
@@ -579,10 +607,9 @@ static int ctl_locked(struct ue_uring *u, int op, int fd, uint32_t events, uint6
 	r->events = events & POLL_BITS;
 	r->mode = mode_of(events);
 	r->batch = 0;
-	ret = queue_add(u, (uint32_t)slot);
-	if (ret == 0)
-		ret = submit_locked(u, 0);
-	return ret;
+	/* No SQE (the SQ full and the kernel not taking more): the next drain arms it. */
+	queue_add(u, (uint32_t)slot);
+	return submit_locked(u, 0);
 }
 
 int ue_uring_ctl(struct ue_uring *u, int op, int fd, uint32_t events, uint64_t data)
@@ -731,6 +758,14 @@ static long consume_locked(struct ue_uring *u, char *out, uint64_t *data_out, ui
 	return n;
 }
 
+/* Queue the re-arms that found the SQ full (rare: it holds one SQE per registration). */
+static void rearm_waiting(struct ue_uring *u)
+{
+	for (uint32_t slot = 0; slot < u->max_items && u->need_arm; slot++)
+		if (u->regs[slot].need_arm && queue_add(u, slot) < 0)
+			return;
+}
+
 /*
  * One drain: submit queued SQEs (the previous batch's re-arms: their arming polls post at
  * once what is ready), consume the CQ, and flush the kernel's overflow list into it while
@@ -745,6 +780,8 @@ static long drain(struct ue_uring *u, void *out, uint64_t *data_out, uint32_t ma
 	u->batch++;
 	if (u->batch == 0)
 		u->batch = 1; /* 0 is "never delivered" */
+	if (u->need_arm)
+		rearm_waiting(u);
 	if (u->sq_tail != u->sq_submitted) {
 		ret = submit_locked(u, IORING_ENTER_GETEVENTS);
 		if (ret < 0)
@@ -836,6 +873,17 @@ long ue__uring_poll(struct ue_uring *u, void *out, uint64_t *data_out, uint32_t 
 		if (ret < 0 && ret != -EBUSY)
 			return ret; /* -EINTR: the caller runs its signal handlers, calls again */
 	}
+}
+
+int ue__uring_pending(struct ue_uring *u)
+{
+	/*
+	 * Tail ACQUIRE pairs with the kernel's RELEASE of cq.tail; head is ours (stored under
+	 * the lock, RELEASE); the flags ACQUIRE pairs with the kernel's set of CQ_OVERFLOW.
+	 */
+	return __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) !=
+		       __atomic_load_n(u->cq_khead, __ATOMIC_RELAXED) ||
+	       (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW);
 }
 
 /* Wake every thread asleep in io_uring_enter: a NOP's CQE (dropped as ours). */
