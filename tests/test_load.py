@@ -100,8 +100,17 @@ def open_epoll(variant: str, max_items: int) -> uring_epoll.epoll:
     return uring_epoll.epoll(backend=name, max_items=max_items, protocol=int(protocol or 5))
 
 
-@pytest.mark.parametrize("backend", VARIANTS)
-@pytest.mark.parametrize("max_items", [NFDS, 65536])
+#: The largest ring on the EPOLL_USERPOLL backends; uring's SQ and CQ stop growing at 4096
+#: and 8192 entries long before that, so its 65536 run would repeat the NFDS one.
+SIZES = [
+    (backend, max_items)
+    for backend in VARIANTS
+    for max_items in (NFDS, 65536)
+    if not (backend == "uring" and max_items == 65536)
+]
+
+
+@pytest.mark.parametrize(("backend", "max_items"), SIZES)
 def test_every_write_is_accounted_for(backend: str, eventfds: list[int], max_items) -> None:
     expected = THREADS * WRITES_PER_THREAD
     fd_array = np.array(eventfds, dtype=np.int32)

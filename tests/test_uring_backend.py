@@ -241,6 +241,16 @@ def test_counters(efd: int) -> None:
         os.close(w)
 
 
+def test_spin_before_sleeping_is_counted(efd: int) -> None:
+    with uring_epoll.epoll(backend="uring", spin_us=500) as ep:
+        ep.register(efd, ET_IN)
+        assert ep.poll(0.02) == []
+        s = ep.stats
+        assert s.spins >= 1 and s.sleeps >= 1
+        os.eventfd_write(efd, 1)
+        assert ep.poll(1) == [(efd, EPOLLIN)]  # ready before the call: no spin needed
+
+
 def test_cqes_view_is_read_only_and_shows_the_completions(efd: int) -> None:
     with uring_epoll.epoll(backend="uring", max_items=8) as ep:
         cqes = ep.cqes
