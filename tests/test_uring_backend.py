@@ -281,6 +281,39 @@ def test_fileno_is_an_epoll_readable_while_completions_wait(efd: int) -> None:
         assert outer.poll(0) == []
 
 
+def _reader_is_closed(w: int) -> bool:
+    """True once no file is left open on the read end of the pipe *w* writes to."""
+    try:
+        os.write(w, b"x")
+    except BrokenPipeError:
+        return True
+    return False
+
+
+def test_poll_requests_hold_files_until_unregister_or_close() -> None:
+    """A poll request holds its file: close() of a registered fd leaves the file open (unlike
+    epoll) until unregister or the object's close, which removes every request even while
+    a view keeps the ring mapped."""
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    try:
+        ep = uring_epoll.epoll(backend="uring")
+        ep.register(r, EPOLLIN)
+        ep.register(r2, EPOLLIN)
+        ep.unregister(r2)
+        os.close(r2)
+        assert _reader_is_closed(w2)
+        view = ep.cqes
+        os.close(r)
+        assert not _reader_is_closed(w)  # the documented difference from epoll
+        ep.close()
+        assert _reader_is_closed(w)
+        assert view is not None and not view.flags.writeable  # still mapped, still readable
+    finally:
+        os.close(w)
+        os.close(w2)
+
+
 def test_unknown_protocol_choice_is_value_error() -> None:
     with pytest.raises(ValueError):
         uring_epoll.epoll(backend="uring", protocol=3)

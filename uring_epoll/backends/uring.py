@@ -224,6 +224,8 @@ class UringBackend(BackendBase):
             # thread is left inside the drain, and only then free the ring.
             lib.ue_consumer_close(consumer)
             lib.ue_consumer_quiesce(consumer)
+            # The ring lives on while its mappings do (views): let go of the files now.
+            lib.ue_uring_cancel_all(uring)
             lib.ue_uring_free(uring)
             self._uring = None
         self._memory = ()

@@ -222,6 +222,8 @@ long ue_uring_live_fds(struct ue_uring *u, int32_t *out, uint32_t max);
 /* End the registration of fd if fd no longer names its file (closed without DEL). */
 int ue_uring_forget(struct ue_uring *u, int fd);
 int ue_uring_stats(struct ue_uring *u, struct ue_uring_stats *out);
+/* Remove every armed poll request (their files are held): close(), never a fork child. */
+void ue_uring_cancel_all(struct ue_uring *u);
 /* Close the ring's fds and free; submits nothing (safe in a fork child). */
 void ue_uring_free(struct ue_uring *u);
 /* The consumer in UE_WAIT_URING mode; spin_ns as for the rings (clamped the same way). */

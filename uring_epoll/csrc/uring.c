@@ -886,6 +886,24 @@ int ue__uring_pending(struct ue_uring *u)
 	       (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW);
 }
 
+void ue_uring_cancel_all(struct ue_uring *u)
+{
+	/*
+	 * The ring outlives close() while mappings of it exist (a cqes view, the mmap objects'
+	 * own fds), and each armed poll request holds its file open: remove them all now, so a
+	 * file closed after the epoll object is really closed.
+	 */
+	pthread_mutex_lock(&u->lock);
+	for (uint32_t slot = 0; slot < u->max_items; slot++) {
+		struct reg *r = &u->regs[slot];
+
+		if (r->mode != REG_FREE && r->armed && queue_remove(u, ud_of(u, slot)) == 0)
+			r->armed = 0;
+	}
+	submit_locked(u, 0);
+	pthread_mutex_unlock(&u->lock);
+}
+
 /* Wake every thread asleep in io_uring_enter: a NOP's CQE (dropped as ours). */
 void ue__uring_wake(struct ue_uring *u)
 {
