@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * uring-epoll native layer: the EPOLL_USERPOLL ring consumer, the userspace producer that
- * emulates the kernel on stock kernels, and fixed-argument system call wrappers.
+ * emulates the kernel on stock kernels, the io_uring poll backend, and fixed-argument system
+ * call wrappers.
  *
  * Every function returns a non-negative result or -errno; Python turns that into the right
  * exception. Nothing here touches Python objects, so cffi releases the GIL around each call.
