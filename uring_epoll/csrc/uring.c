@@ -66,7 +66,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
@@ -556,12 +555,6 @@ static int ctl_locked(struct ue_uring *u, int op, int fd, uint32_t events, uint6
 		return -EINVAL;
 	if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD && op != EPOLL_CTL_DEL)
 		return -EINVAL;
-	if (op == EPOLL_CTL_ADD && slot < 0 && u->used == u->max_items) {
-		/* epoll's own checks first (EBADF, EPERM...), then ours. */
-		if (fcntl(fd, F_GETFD) < 0)
-			return -errno;
-		return -ENOSPC;
-	}
 	ret = epoll_ctl(u->shadow_fd, op, fd, op == EPOLL_CTL_DEL ? NULL : &ev) ? -errno : 0;
 	if (ret < 0) {
 		/*
@@ -576,6 +569,7 @@ static int ctl_locked(struct ue_uring *u, int op, int fd, uint32_t events, uint6
 		if (slot >= 0) /* the same number, another file: the old registration is gone */
 			release_slot(u, (uint32_t)slot);
 		if (u->used == u->max_items) {
+			/* epoll's own checks (EBADF, EPERM, EEXIST...) came first, then ours. */
 			epoll_ctl(u->shadow_fd, EPOLL_CTL_DEL, fd, NULL);
 			return -ENOSPC;
 		}
