@@ -182,6 +182,22 @@ def test_completion_from_before_unregister_is_never_delivered(efd: int, eventfds
         assert ep.stats.stale >= 1
 
 
+def test_full_object_reports_epoll_errors_before_enospc(eventfds, tmp_path) -> None:
+    a, b = eventfds(2)
+    with (
+        open(tmp_path / "regular", "w") as regular,
+        uring_epoll.epoll(backend="uring", max_items=1) as ep,
+    ):
+        ep.register(a, ET_IN)
+        with pytest.raises(PermissionError):  # EPERM, as select.epoll says
+            ep.register(regular, ET_IN)
+        with pytest.raises(FileExistsError):
+            ep.register(a, ET_IN)
+        with pytest.raises(OSError) as info:
+            ep.register(b, ET_IN)
+        assert info.value.errno == errno.ENOSPC
+
+
 def test_modify_to_level_triggered_and_oneshot(efd: int) -> None:
     with uring_epoll.epoll(backend="uring") as ep, select.epoll() as std:
         for e in (ep, std):
