@@ -101,6 +101,38 @@ def test_full_cq_loses_nothing_across_overflow_and_multishot_restarts(eventfds) 
         assert counts == dict.fromkeys(fds, 2)
 
 
+def test_level_triggered_file_read_empty_is_not_reported_after_an_overflow(eventfds) -> None:
+    """A drain that fetches completions held back by a full CQ must not submit the re-arms it
+    queued itself: the arming poll of a level-triggered file delivered in this batch would
+    report it again in the next batch, after the caller read it empty."""
+    fds = eventfds(8)
+    r, w = os.pipe()
+    try:
+        with uring_epoll.epoll(backend="uring", max_items=9) as ep:
+            assert len(ep.cqes) == 32
+            ep.register(r, EPOLLIN)  # level-triggered: a single-shot poll, re-armed
+            for fd in fds:
+                ep.register(fd, ET_IN)
+            os.write(w, b"x")  # 1 CQE
+            for i in range(31):  # 31 more: the CQ is full
+                os.eventfd_write(fds[i % 6], 1)
+            os.eventfd_write(fds[6], 1)  # held back: the CQ is full
+            os.eventfd_write(fds[7], 1)
+            buf = np.zeros(8, EVENT_DTYPE)
+            n = ep.poll_into(buf, 0)
+            assert n == 8 and r in buf["data"][:n].tolist()
+            assert ep.stats.overflows >= 1
+            os.read(r, 1)  # read empty: select.epoll would not report it again
+            seen: list[int] = []
+            while n := ep.poll_into(buf, 0):
+                seen += buf["data"][:n].tolist()
+            assert r not in seen
+            assert fds[7] in seen  # what the full batch could not hold comes next
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_full_cq_under_c_producer_threads_exact_accounting(eventfds) -> None:
     """C producer threads (no GIL) write while the consumer drains a 16-entry CQ: the sum of
     the counts read equals the writes, and nothing is left readable."""

@@ -791,9 +791,18 @@ static long drain(struct ue_uring *u, void *out, uint64_t *data_out, uint32_t ma
 		sq_flags = __atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE);
 		if (!(sq_flags & IORING_SQ_CQ_OVERFLOW))
 			break;
-		/* CQEs held back while the CQ was full: GETEVENTS moves them in. */
+		/*
+		 * CQEs held back while the CQ was full: GETEVENTS moves them in. Nothing is
+		 * submitted with it: the re-arms this drain queued wait for the next poll, or
+		 * the arming poll of a registration delivered in this very batch would report
+		 * it again in the next one, whatever the caller does in between (a level-
+		 * triggered file read empty, a vpoll source lowered).
+		 */
 		u->stats.overflows++;
-		ret = submit_locked(u, IORING_ENTER_GETEVENTS);
+		__atomic_fetch_add(&u->stats.enters, 1, __ATOMIC_RELAXED);
+		ret = sys_enter(u->ring_fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+		if (ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
+			break;
 		if (ret < 0) {
 			n = n ? n : ret;
 			break;
