@@ -2,7 +2,9 @@
 test_load run on, and how big the load is.
 
 - Every backend ``uring_epoll.available_backends()`` reports is tested ("thread" and "epoll" on
-  any kernel, "kernel" inside the patched User-Mode Linux).
+  any kernel, "uring" where io_uring has multishot poll, "kernel" inside the patched
+  User-Mode Linux). ``ring_backends`` are all but "epoll"; ``userpoll_backends`` those with
+  an EPOLL_USERPOLL ring to look at (not "uring", whose ring is io_uring's CQ).
 - ``URING_EPOLL_REQUIRE_KERNEL=1``: "kernel" is put in the list even when the probe says it is
   unavailable, so every kernel-parametrised test *fails* (with the probe's reason) instead of
   the run quietly testing less; ``test_abi.py::test_required_kernel_backend_is_available``
@@ -44,11 +46,14 @@ def _with_required(names: list[str]) -> list[str]:
 
 #: Every backend to test, best first.
 ALL: list[str] = _with_required(AVAILABLE)
-#: The backends with a shared ring (everything but "epoll").
+#: The backends drained from a ring by C (everything but "epoll"): the io_uring CQ included.
 RINGS: list[str] = [name for name in ALL if name != "epoll"]
+#: The backends with an EPOLL_USERPOLL ring (header, items, index views): not "uring".
+USERPOLL: list[str] = [name for name in RINGS if name != "uring"]
 
 all_backends = pytest.mark.parametrize("backend", ALL)
 ring_backends = pytest.mark.parametrize("backend", RINGS)
+userpoll_backends = pytest.mark.parametrize("backend", USERPOLL)
 
 
 def scaled(n: int, minimum: int = 1) -> int:

@@ -10,7 +10,7 @@ import mmap
 
 import numpy as np
 import pytest
-from backends import ALL, AVAILABLE, REQUIRE_KERNEL, RINGS, kernel_missing_reason
+from backends import ALL, AVAILABLE, REQUIRE_KERNEL, USERPOLL, kernel_missing_reason
 
 import uring_epoll
 from uring_epoll import abi
@@ -154,7 +154,7 @@ def test_hand_built_ring_header(n: int) -> None:
         ring.close()
 
 
-@pytest.mark.parametrize("backend", RINGS)
+@pytest.mark.parametrize("backend", USERPOLL)
 @pytest.mark.parametrize("n", [1, 249, 1025])
 def test_backend_rings_have_the_spec_geometry(backend: str, n: int) -> None:
     with uring_epoll.epoll(backend=backend, max_items=n) as ep:
@@ -172,7 +172,7 @@ def test_backend_rings_have_the_spec_geometry(backend: str, n: int) -> None:
 def test_backend_list() -> None:
     # AVAILABLE, not ALL: URING_EPOLL_TEST_BACKENDS may narrow what the run tests.
     assert "epoll" in AVAILABLE and "thread" in AVAILABLE
-    assert set(ALL) <= {"kernel", "thread", "epoll"}
+    assert set(ALL) <= {"kernel", "thread", "uring", "epoll"}
 
 
 def test_required_kernel_backend_is_available() -> None:

@@ -26,8 +26,9 @@ CHILD = textwrap.dedent(
 
     backend, seconds = sys.argv[1], float(sys.argv[2])
     # poll(None) must be woken by close() where the backend can do it (the emulator's
-    # futex); on epoll and kernel a blocked epoll_wait sleeps on as select.epoll's does.
-    forever = None if backend == "thread" else 0.02
+    # futex, uring's NOP completion); on epoll and kernel a blocked epoll_wait sleeps on as
+    # select.epoll's does.
+    forever = None if backend in ("thread", "uring") else 0.02
     CLOSED = "I/O operation on closed epoll object"
     problems = []
     quiet = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # never ready

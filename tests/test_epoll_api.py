@@ -18,13 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
-from backends import ALL, all_backends, ring_backends
+from backends import ALL, all_backends, ring_backends, userpoll_backends
 
 import uring_epoll
 from uring_epoll import EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT, EVENT_DTYPE, testing
+from uring_epoll.abi import USERPOLL_MAGIC
 
 ET_IN = EPOLLIN | EPOLLET
 
@@ -94,7 +96,10 @@ def same_error(ours: Callable[[], object], std: Callable[[], object]) -> BaseExc
 
 
 def wait_published(ep: uring_epoll.epoll, entries: int = 1, timeout: float = 5.0) -> None:
-    """Until the ring holds *entries* entries (the thread backend publishes asynchronously)."""
+    """Until the ring holds *entries* entries (the thread backend publishes asynchronously;
+    the uring backend's completions are in its CQ when the write returns)."""
+    if ep.header is None:
+        return
     deadline = time.monotonic() + timeout
     while (int(ep.header["tail"]) - int(ep.header["head"])) % 2**32 < entries:
         assert time.monotonic() < deadline, "the producer never published"
@@ -567,7 +572,7 @@ class TestObject:
                 assert again.backend == backend
                 if backend != "epoll":
                     assert again.max_items == 7
-                    assert int(again.header["max_items_nr"]) == 7
+                    assert again.header is None or int(again.header["max_items_nr"]) == 7
                 os.eventfd_write(efd, 1)
                 assert again.poll(2) == [(efd, EPOLLIN)]  # the same events, drained here
             os.fstat(ep.fileno())  # closing the wrapper closed its dup only
@@ -844,7 +849,7 @@ def test_unregister_then_register_again_before_the_pending_entry_is_consumed(bac
 # ---- ring geometry and slots -----------------------------------------------------------------
 
 
-@ring_backends
+@userpoll_backends
 class TestRing:
     def test_slots_reused_lowest_first(self, backend, eventfds) -> None:
         a, b, c, d, e = eventfds(5)
@@ -863,32 +868,11 @@ class TestRing:
             assert ep.items["data"][:3].tolist() == [99, d, a]
             assert int(ep.items["events"][1]) & (EPOLLIN | EPOLLET) == EPOLLIN | EPOLLET
 
-    def test_enospc_past_max_items(self, backend, eventfds) -> None:
-        fds = eventfds(4)
-        with uring_epoll.epoll(backend=backend, max_items=3) as ep:
-            for fd in fds[:3]:
-                ep.register(fd, ET_IN)
-            with pytest.raises(OSError) as info:
-                ep.register(fds[3], ET_IN)
-            assert info.value.errno == errno.ENOSPC
-            # The failed one is not registered; freeing a slot makes room.
-            with pytest.raises(FileNotFoundError):
-                ep.unregister(fds[3])
-            ep.unregister(fds[0])
-            ep.register(fds[3], ET_IN)
-            os.eventfd_write(fds[3], 1)
-            assert ep.poll(2) == [(fds[3], EPOLLIN)]
-
     def test_sizehint_is_the_default_max_items(self, backend) -> None:
         with uring_epoll.epoll(5, backend=backend) as ep:
             assert ep.max_items == 5 and int(ep.header["max_items_nr"]) == 5
         with uring_epoll.epoll(backend=backend) as ep:
             assert ep.max_items == 1024
-
-    @pytest.mark.parametrize("bad", [0, -1, 65537, 2**32])
-    def test_max_items_bounds(self, backend, bad) -> None:
-        with pytest.raises(ValueError):
-            uring_epoll.epoll(backend=backend, max_items=bad)
 
     @pytest.mark.parametrize("good", [1, 65536])
     def test_max_items_limits_accepted(self, backend, good) -> None:
@@ -943,6 +927,32 @@ class TestRing:
             s = ep.stats
             assert s.spins >= 1 and s.sleeps >= 1
 
+
+@ring_backends
+class TestRegistrations:
+    """Registration limits and re-arms, on every backend drained from a ring."""
+
+    def test_enospc_past_max_items(self, backend, eventfds) -> None:
+        fds = eventfds(4)
+        with uring_epoll.epoll(backend=backend, max_items=3) as ep:
+            for fd in fds[:3]:
+                ep.register(fd, ET_IN)
+            with pytest.raises(OSError) as info:
+                ep.register(fds[3], ET_IN)
+            assert info.value.errno == errno.ENOSPC
+            # The failed one is not registered; freeing a slot makes room.
+            with pytest.raises(FileNotFoundError):
+                ep.unregister(fds[3])
+            ep.unregister(fds[0])
+            ep.register(fds[3], ET_IN)
+            os.eventfd_write(fds[3], 1)
+            assert ep.poll(2) == [(fds[3], EPOLLIN)]
+
+    @pytest.mark.parametrize("bad", [0, -1, 65537, 2**32])
+    def test_max_items_bounds(self, backend, bad) -> None:
+        with pytest.raises(ValueError):
+            uring_epoll.epoll(backend=backend, max_items=bad)
+
     def test_level_triggered_rearm_counted(self, backend) -> None:
         r, w = os.pipe()
         try:
@@ -964,7 +974,7 @@ def test_epoll_backend_has_no_ring(efd) -> None:
     with uring_epoll.epoll(backend="epoll") as ep:
         assert ep.header is None and ep.items is None and ep.index is None
         assert ep.max_items is None and ep.protocol is None
-        assert ep.stats == uring_epoll.PollStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
+        assert ep.stats == uring_epoll.PollStats(0, 0, 0, 0, 0, 0, 0, 0)
 
 
 # ---- protocols -------------------------------------------------------------------------------
@@ -1163,7 +1173,10 @@ def test_parent_ring_view_dropped_in_a_fork_child_spares_the_childs_ring(backend
     try:
         ep.register(efd, ET_IN)
         assert ep.poll(0) == []
-        views = (ep.header, ep.items, ep.index) if ep.max_items else ()
+        if ep.header is not None:
+            views: tuple[Any, ...] = (ep.header, ep.items, ep.index)
+        else:
+            views = (ep.cqes,) if ep.cqes is not None else ()
 
         def child() -> int:
             nonlocal views
@@ -1177,7 +1190,7 @@ def test_parent_ring_view_dropped_in_a_fork_child_spares_the_childs_ring(backend
         assert run_in_child(child) == 0
         os.eventfd_write(efd, 1)
         assert ep.poll(2) == [(efd, EPOLLIN)]
-        assert views == () or int(views[0]["magic"]) == uring_epoll.abi.USERPOLL_MAGIC
+        assert views == () or ep.header is None or int(views[0]["magic"]) == USERPOLL_MAGIC
     finally:
         ep.close()
 
@@ -1196,6 +1209,16 @@ def test_pending_entry_of_a_closed_fd_is_not_delivered(backend, request) -> None
         request.applymarker(
             pytest.mark.xfail(
                 strict=True, reason="the emulator cannot see a close(); unregister before closing"
+            )
+        )
+    if backend == "uring":
+        # A poll request holds a reference to its file: close() leaves the file open and the
+        # completion already posted is delivered. The registration is reclaimed when the
+        # object next looks (ENOSPC, a data clash, unregister).
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="an io_uring poll request keeps its file open; unregister before closing",
             )
         )
     with uring_epoll.epoll(backend=backend) as ep, select.epoll() as std:

@@ -100,8 +100,17 @@ def open_epoll(variant: str, max_items: int) -> uring_epoll.epoll:
     return uring_epoll.epoll(backend=name, max_items=max_items, protocol=int(protocol or 5))
 
 
-@pytest.mark.parametrize("backend", VARIANTS)
-@pytest.mark.parametrize("max_items", [NFDS, 65536])
+#: The largest ring on the EPOLL_USERPOLL backends; uring's SQ and CQ stop growing at 4096
+#: and 8192 entries long before that, so its 65536 run would repeat the NFDS one.
+SIZES = [
+    (backend, max_items)
+    for backend in VARIANTS
+    for max_items in (NFDS, 65536)
+    if not (backend == "uring" and max_items == 65536)
+]
+
+
+@pytest.mark.parametrize(("backend", "max_items"), SIZES)
 def test_every_write_is_accounted_for(backend: str, eventfds: list[int], max_items) -> None:
     expected = THREADS * WRITES_PER_THREAD
     fd_array = np.array(eventfds, dtype=np.int32)
@@ -142,9 +151,10 @@ def test_every_write_is_accounted_for(backend: str, eventfds: list[int], max_ite
             f"({written[0] - consumer.sum[0]} lost) in {consumer.events} events"
         )
         # Entries still in the ring now are stale: their counts were taken by a read that
-        # followed a later write (the ring accumulates; epoll_wait would re-poll and drop
-        # them). They must carry nothing, and there is at most one per registration.
-        settle(consumer, written[0], len(eventfds), ring=ep.header is not None)
+        # followed a later write (the ring accumulates, and io_uring posted a CQE per wake-up;
+        # epoll_wait would re-poll and drop them). They must carry nothing, and there is at
+        # most one per registration.
+        settle(consumer, written[0], len(eventfds), ring=ep.backend != "epoll")
         assert ep.poll(0) == []
         assert ep.poll_into(consumer.buffer, 0) == 0
         for fd in eventfds:
@@ -191,7 +201,7 @@ def test_producers_on_few_fds_with_blocking_polls(backend: str, nofile) -> None:
             while consumer.sum[0] < written[0] and time.monotonic() < deadline:
                 consumer.step(0.05)
             assert consumer.sum[0] == written[0] == 4 * per_thread
-            settle(consumer, written[0], len(fds), ring=ep.header is not None)
+            settle(consumer, written[0], len(fds), ring=ep.backend != "epoll")
             assert ep.poll(0) == []
     finally:
         for fd in fds:

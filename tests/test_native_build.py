@@ -35,7 +35,14 @@ BENCH_SOURCES = _bench_native_build.SOURCES
 INTERNAL_HEADER = CSRC / "ue_internal.h"
 #: The runtime's external functions that are not its interface: shared between its own
 #: files, declared in ue_internal.h. A new one is a decision, to be made here too.
-INTERNAL = {"ue_ring_attach", "ue__emu_wait", "ue__emu_idle"}
+INTERNAL = {
+    "ue_ring_attach",
+    "ue__emu_wait",
+    "ue__emu_idle",
+    "ue__uring_poll",
+    "ue__uring_wake",
+    "ue__uring_pending",
+}
 #: What distributions' Pythons add (Debian, Ubuntu, Fedora): fortified libc headers mark
 #: read/write/... warn_unused_result, which -Werror then turns into errors.
 DISTRO_FLAGS = [

@@ -474,6 +474,14 @@ def test_close_while_registered_in_uring_epoll(
                 strict=False, reason="the emulator cannot see a close(); unregister before closing"
             )
         )
+    if backend == "uring":
+        # A poll request holds a reference to its file: the close leaves it open, and the
+        # completion posted for add(IN) is delivered (documented in backends/uring.py).
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="an io_uring poll request keeps its file open; unregister first"
+            )
+        )
     with uring_epoll.epoll(backend=backend) as ep:
         ep.register(source, IN)
         source.add(IN)

@@ -12,6 +12,9 @@ Semantics, and why they look the way they do:
 - The ring may report an event for a file that is no longer ready (the RFC accumulates bits
   until the consumer takes them, where ``epoll_wait`` re-polls the file at delivery time).
   Edge-triggered code already copes with that: read until EAGAIN.
+- The ``uring`` backend has no EPOLL_USERPOLL ring: its poll requests keep level-triggered
+  registrations level-triggered themselves (``backends/uring.py`` says how, and how its
+  batches coalesce), so none of the above re-arming happens here for it.
 - EPOLLEXCLUSIVE cannot be combined with the ring (the RFC rejects it), so it is a ValueError.
 - ``poll()`` returns ``(fd, events)`` like the stdlib; ``poll_into()`` delivers the 64-bit
   ``data`` given to ``register(..., data=)``, which defaults to the fd. Within one object every
@@ -332,11 +335,22 @@ class PollStats:
     skipped: int
     #: protocol 3: drains that stopped at an index slot reserved but not yet written
     slot_waits: int
+    #: re-arms of delivered level-triggered registrations (EPOLL_CTL_MOD on the RFC rings,
+    #: a queued poll request on uring)
+    rearms: int
+    #: uring: CQEs consumed (more than ring_events: a batch ORs one registration's CQEs)
+    cqes: int = 0
+    #: uring: multishot polls that ended (CQ full) or were cancelled, and were re-armed
+    multishot_restarts: int = 0
+    #: uring: drains that found completions held back by a full CQ, and fetched them
+    overflows: int = 0
+    #: uring: io_uring_enter calls (submissions of re-arms and changes, and sleeps)
+    enters: int = 0
+    #: uring: CQEs of a removed or modified registration, dropped
+    stale: int = 0
     #: kernel backend: epoll_wait(NULL, 0, 0) calls made because the header's ``repoll`` said
     #: files woke without a key and wait to be polled (see ``abi.HEADER_DTYPE``)
-    repolls: int
-    #: EPOLL_CTL_MOD re-arms of delivered level-triggered registrations
-    rearms: int
+    repolls: int = 0
 
 
 class epoll:
@@ -347,7 +361,8 @@ class epoll:
             ``max_items``.
         flags: as for ``select.epoll`` (0 or ``EPOLL_CLOEXEC``; the fd is always close-on-exec).
         backend: ``"auto"`` (default: ``kernel`` where the kernel has the RFC, else
-            ``thread``), ``"kernel"``, ``"thread"`` or ``"epoll"``. The environment variable
+            ``thread``), ``"kernel"``, ``"thread"``, ``"uring"`` (io_uring poll requests) or
+            ``"epoll"``. The environment variable
             ``URING_EPOLL_BACKEND`` overrides ``auto``.
         max_items: most registrations at once on a ring backend (1..65536; more give ENOSPC).
         protocol: ring protocol revision, 5 (default, the final RFC) or 3 (thread backend).
@@ -403,6 +418,9 @@ class epoll:
         self.max_items = backend_object.max_items if ring else None
         self.protocol = backend_object.protocol if ring else None
         self._ring = ring
+        # The EPOLL_USERPOLL rings force EPOLLET, and level-triggered registrations are
+        # re-armed here; a backend that keeps them level-triggered itself needs neither.
+        self._force_et = ring and not backend_object.rearms_level
         # The fd fileno() reports, and the one this object closes (-1: the backend's own).
         self._fileno = backend_object.fileno() if _fd < 0 else _fd
         own_fd = _fd if _fd >= 0 and _fd != backend_object.fileno() else -1
@@ -762,8 +780,16 @@ class epoll:
             return self._backend.index
 
     @property
+    def cqes(self) -> np.ndarray | None:
+        """uring backend: read-only view of the CQ ring's CQEs (``abi.CQE_DTYPE``), by
+        position; None on the other backends."""
+        with _Inside(self):
+            return self._backend.cqes
+
+    @property
     def stats(self) -> PollStats:
-        """Counters: ring events, sleeps, ESTALE returns, spins, LT re-arms."""
+        """Counters: ring events, sleeps, ESTALE returns, spins, LT re-arms (and on uring,
+        CQEs, multishot restarts, overflows, enters, stale CQEs)."""
         with _Inside(self):
             counters = self._backend.stats()
         return PollStats(
@@ -774,8 +800,13 @@ class epoll:
             spin_hits=counters.get("spin_hits", 0),
             skipped=counters.get("skipped", 0),
             slot_waits=counters.get("slot_waits", 0),
+            rearms=self._rearms + counters.get("rearms", 0),
+            cqes=counters.get("cqes", 0),
+            multishot_restarts=counters.get("multishot_restarts", 0),
+            overflows=counters.get("overflows", 0),
+            enters=counters.get("enters", 0),
+            stale=counters.get("stale", 0),
             repolls=counters.get("repolls", 0),
-            rearms=self._rearms,
         )
 
     # ---- internals --------------------------------------------------------------------------
@@ -877,7 +908,7 @@ class epoll:
             self._drop_closed(owner)  # its file was closed: the kernel dropped it
         level = not eventmask & abi.EPOLLET
         # EPOLLREMOVED is the ring's own bit: a stock kernel ignores it in a mask, so do we.
-        mask = (eventmask | abi.EPOLLET) & ~abi.EPOLLREMOVED if self._ring else eventmask
+        mask = (eventmask | abi.EPOLLET) & ~abi.EPOLLREMOVED if self._force_et else eventmask
         try:
             self._backend.ctl(op, fd, mask, data)
         except OSError as exc:
@@ -890,7 +921,7 @@ class epoll:
         self._data_of_fd[fd] = data
         if data != fd:
             self._fd_of_data[data] = fd
-        if self._ring and level and not eventmask & abi.EPOLLONESHOT:
+        if self._force_et and level and not eventmask & abi.EPOLLONESHOT:
             self._lt[fd] = (mask, data)
         else:
             self._lt.pop(fd, None)

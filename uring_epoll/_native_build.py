@@ -17,7 +17,7 @@ from cffi import FFI, CDefError
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 HEADER = CSRC / "ue.h"
-SOURCES = ["ring.c", "emu.c", "sys.c"]
+SOURCES = ["ring.c", "emu.c", "uring.c", "sys.c"]
 
 #: Set to 1 (CI does) to build with -Werror. Users' builds only warn, so that a newer
 #: compiler's new warning never stops ``pip install``; CI and the test suite compile every

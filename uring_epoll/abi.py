@@ -105,6 +105,25 @@ EVENT_DTYPE = np.dtype(
 the ring drain and ``epoll_wait`` alike."""
 
 
+CQE_DTYPE = np.dtype(
+    {
+        "names": ["user_data", "res", "flags"],
+        "formats": ["<u8", "<i4", "<u4"],
+        "offsets": [0, 8, 12],
+        "itemsize": 16,
+    }
+)
+"""One io_uring completion (``struct io_uring_cqe``, 16 bytes), as the uring backend's
+``cqes`` view shows them. For a poll request, ``user_data`` is the registration's generation
+<< 32 | its slot, ``res`` the poll mask (or -errno) and ``flags`` has IORING_CQE_F_MORE
+(:data:`IORING_CQE_F_MORE`) while a multishot poll goes on."""
+
+#: ``flags`` bit of a CQE whose multishot request goes on.
+IORING_CQE_F_MORE = 1 << 1
+#: io_uring_params.features bit: the SQ and CQ rings are one mapping.
+IORING_FEAT_SINGLE_MMAP = 1 << 0
+
+
 def page_size() -> int:
     import mmap
 

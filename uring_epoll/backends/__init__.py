@@ -2,6 +2,7 @@
 
 - ``kernel``: the patched kernel's EPOLL_USERPOLL (``epoll_create2``, mmap, ESTALE).
 - ``thread``: any kernel; a C poller thread fills the same ring in anonymous memory.
+- ``uring``: io_uring poll requests (Linux 5.13 and later), no helper thread.
 - ``epoll``: plain ``epoll_wait``, no ring: the fallback and the baseline.
 """
 
@@ -22,6 +23,10 @@ def create(
         from .thread import ThreadBackend
 
         return ThreadBackend(max_items=max_items, protocol=protocol, spin_ns=spin_ns)
+    if name == "uring":
+        from .uring import UringBackend
+
+        return UringBackend(max_items=max_items, protocol=protocol, spin_ns=spin_ns)
     if name == "epoll":
         from .epoll import EpollBackend
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,11 +36,15 @@ class Backend(Protocol):
     makes it return -EBADF), so a backend need not lock anything for that.
     """
 
-    #: "kernel", "thread" or "epoll": what ``epoll.backend`` reports.
+    #: "kernel", "thread", "uring" or "epoll": what ``epoll.backend`` reports.
     name: str
-    #: True when events come from a shared ring (level-triggered registrations then need
-    #: re-arming, EPOLLET is forced and EPOLLEXCLUSIVE is refused).
+    #: True when events come from a shared ring drained through ``memory[0]`` (there is no
+    #: select.epoll to hand a poll to, and EPOLLEXCLUSIVE is refused).
     is_ring: bool
+    #: True when the backend keeps level-triggered registrations level-triggered itself;
+    #: False on the EPOLL_USERPOLL rings, where EPOLLET is forced and ``uring_epoll.epoll``
+    #: re-arms each delivered level-triggered registration with EPOLL_CTL_MOD.
+    rearms_level: bool
 
     @property
     def max_items(self) -> int | None:
@@ -77,6 +83,11 @@ class Backend(Protocol):
     @property
     def index(self) -> np.ndarray | None:
         """Read-only view of the index ring (``abi.INDEX_DTYPE``); None without a ring."""
+        ...
+
+    @property
+    def cqes(self) -> np.ndarray | None:
+        """Read-only view of an io_uring completion queue (``abi.CQE_DTYPE``); None without."""
         ...
 
     def fileno(self) -> int:
@@ -134,9 +145,14 @@ class BackendBase:
 
     name = "?"
     is_ring = False
+    rearms_level = False
 
     @property
     def header(self) -> np.ndarray | None:
+        return None
+
+    @property
+    def cqes(self) -> np.ndarray | None:
         return None
 
     @property
@@ -390,6 +406,43 @@ def registered_fds(epfd: int) -> set[int]:
             if line.startswith("tfd:"):
                 fds.add(int(line.split()[1]))
     return fds
+
+
+#: Every ring mapping not inherited by a fork child whose mmap object is alive:
+#: id -> (weak reference, address, length).
+_ring_maps: dict[int, tuple[weakref.ref[mmap.mmap], int, int]] = {}
+
+
+def track_ring_map(buffer: mmap.mmap) -> mmap.mmap:
+    """Note *buffer*, a mapping a fork child does not inherit (VM_DONTCOPY, MADV_DONTFORK),
+    so that the child holds its range (see :func:`_hold_ring_ranges`)."""
+    pointer = ffi.from_buffer(buffer)
+    address = int(ffi.cast("uintptr_t", pointer))
+    ffi.release(pointer)  # no export left: close() stays possible
+    key = id(buffer)
+    _ring_maps[key] = (
+        weakref.ref(buffer, lambda _: _ring_maps.pop(key, None)),
+        address,
+        len(buffer),
+    )
+    return buffer
+
+
+def _hold_ring_ranges() -> None:
+    """In a fork child: put inaccessible placeholders where the rings were.
+
+    The ring mappings are not inherited, but their mmap objects are, kept alive by whatever
+    still refers to them (a view of the ring, a closed epoll's views), and the last reference
+    to go unmaps the range: by then the child may have mapped something else there, most
+    likely its own ring (the parent's is the first free hole). A placeholder holds each range
+    until its mmap object goes, and goes with it; nothing else is ever mapped there.
+    """
+    for ref, address, length in list(_ring_maps.values()):
+        if ref() is not None:
+            lib.ue_sys_reserve(address, length)
+
+
+os.register_at_fork(after_in_child=_hold_ring_ranges)
 
 
 def anonymous_shared(length: int) -> mmap.mmap:

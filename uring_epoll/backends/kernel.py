@@ -10,49 +10,14 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import weakref
 
 import numpy as np
 
 from .. import abi, probe
-from .._native_lib import ffi, lib, os_error
-from .base import EpfdBackend, RingBackend
+from .._native_lib import lib, os_error
+from .base import EpfdBackend, RingBackend, track_ring_map
 
 _PROT = mmap.PROT_READ | mmap.PROT_WRITE
-
-
-#: Every ring mapping whose mmap object is alive: id -> (weak reference, address, length).
-_ring_maps: dict[int, tuple[weakref.ref[mmap.mmap], int, int]] = {}
-
-
-def _track(buffer: mmap.mmap) -> mmap.mmap:
-    pointer = ffi.from_buffer(buffer)
-    address = int(ffi.cast("uintptr_t", pointer))
-    ffi.release(pointer)  # no export left: close() stays possible
-    key = id(buffer)
-    _ring_maps[key] = (
-        weakref.ref(buffer, lambda _: _ring_maps.pop(key, None)),
-        address,
-        len(buffer),
-    )
-    return buffer
-
-
-def _hold_ring_ranges() -> None:
-    """In a fork child: put inaccessible placeholders where the rings were.
-
-    The ring mappings are not inherited (VM_DONTCOPY), but their mmap objects are, kept alive
-    by whatever still refers to them (a view of the ring, a closed epoll's views), and the last
-    reference to go unmaps the range: by then the child may have mapped something else there,
-    most likely its own ring (the parent's is the first free hole). A placeholder holds each
-    range until its mmap object goes, and goes with it; nothing else is ever mapped there.
-    """
-    for ref, address, length in list(_ring_maps.values()):
-        if ref() is not None:
-            lib.ue_sys_reserve(address, length)
-
-
-os.register_at_fork(after_in_child=_hold_ring_ranges)
 
 
 def map_userpoll(epfd: int) -> tuple[mmap.mmap, mmap.mmap]:
@@ -72,8 +37,8 @@ def map_userpoll(epfd: int) -> tuple[mmap.mmap, mmap.mmap]:
         raise OSError(errno.EBADMSG, f"bad userpoll header length {header_len} for {max_items}")
     if index_len != abi.index_length(max_items):
         raise OSError(errno.EBADMSG, f"bad userpoll index length {index_len}")
-    header = _track(mmap.mmap(epfd, header_len, mmap.MAP_SHARED, _PROT, offset=0))
-    index = _track(mmap.mmap(epfd, index_len, mmap.MAP_SHARED, _PROT, offset=header_len))
+    header = track_ring_map(mmap.mmap(epfd, header_len, mmap.MAP_SHARED, _PROT, offset=0))
+    index = track_ring_map(mmap.mmap(epfd, index_len, mmap.MAP_SHARED, _PROT, offset=header_len))
     return header, index
 
 
@@ -118,5 +83,5 @@ class KernelBackend(EpfdBackend, RingBackend):
 
     def after_fork_in_child(self) -> None:
         # The mappings are not inherited (VM_DONTCOPY): never touch them here (their ranges
-        # are held by _hold_ring_ranges).
+        # are held by base._hold_ring_ranges).
         self._release_maps()

@@ -132,26 +132,24 @@ int ue_consumer_init(struct ue_consumer *c, void *header, size_t header_len, voi
 	return 0;
 }
 
+int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u, uint64_t spin_ns)
+{
+	memset(c, 0, sizeof(*c));
+	if (!u)
+		return -EINVAL;
+	c->mode = UE_WAIT_URING;
+	c->uring = u;
+	c->epfd = -1;
+	c->spin_ns = spin_ns < UE_SPIN_MAX_NS ? spin_ns : UE_SPIN_MAX_NS;
+	return 0;
+}
+
 int ue_consumer_init_epoll(struct ue_consumer *c, int epfd)
 {
 	memset(c, 0, sizeof(*c));
 	c->mode = UE_WAIT_EPOLL;
 	c->epfd = epfd;
 	return 0;
-}
-
-static inline void put_event(char *out, uint64_t *data_out, uint32_t i, uint32_t events,
-			     uint64_t data)
-{
-	if (data_out) {
-		/* Split layout: out is a u32 events array, data_out a u64 data array. */
-		((uint32_t *)out)[i] = events;
-		data_out[i] = data;
-		return;
-	}
-	/* struct epoll_event is packed on x86_64: 4 bytes of events, then 8 of data. */
-	memcpy(out + 12u * i, &events, 4);
-	memcpy(out + 12u * i + 4, &data, 8);
 }
 
 static void mark_bad(struct ue_consumer *c, uint32_t kind, uint32_t pos, uint32_t value)
@@ -244,7 +242,7 @@ static long drain_locked(struct ue_consumer *c, char *out, uint64_t *data_out,
 			skipped++;
 			continue;
 		}
-		put_event(out, data_out, n++, events, data);
+		ue_put_event(out, data_out, n++, events, data);
 	}
 out:
 	if (head != first)
@@ -310,6 +308,8 @@ void ue_consumer_close(struct ue_consumer *c)
 	__atomic_store_n(&c->closing, 1, __ATOMIC_SEQ_CST);
 	if (c->mode == UE_WAIT_FUTEX)
 		syscall(SYS_futex, &c->ring.hdr->tail, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+	if (c->mode == UE_WAIT_URING)
+		ue__uring_wake(c->uring);
 }
 
 void ue_consumer_quiesce(struct ue_consumer *c)
@@ -318,6 +318,8 @@ void ue_consumer_quiesce(struct ue_consumer *c)
 		if (c->mode == UE_WAIT_FUTEX)
 			syscall(SYS_futex, &c->ring.hdr->tail, FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
 				NULL, 0);
+		if (c->mode == UE_WAIT_URING)
+			ue__uring_wake(c->uring);
 		sched_yield();
 	}
 }
@@ -421,6 +423,38 @@ static long poll_inner(struct ue_consumer *c, void *out, uint64_t *data_out, uin
 		if (!data_out)
 			return ue_sys_epoll_wait_ns(c->epfd, out, (int)maxevents, timeout_ns);
 		return epoll_wait_split(c->epfd, out, data_out, maxevents, timeout_ns);
+	}
+	if (c->mode == UE_WAIT_URING) {
+		uint64_t spin_end;
+
+		if (!c->spin_ns || !may_spin || timeout_ns == 0)
+			return ue__uring_poll(c->uring, out, data_out, maxevents, timeout_ns,
+					      &c->closing);
+		/* As below for the rings: drain, spin on the CQ, then sleep in the kernel. */
+		n = ue__uring_poll(c->uring, out, data_out, maxevents, 0, &c->closing);
+		if (n != 0)
+			return n;
+		now = now_ns();
+		spin_end = now + c->spin_ns;
+		if (timeout_ns > 0 && spin_end > now + (uint64_t)timeout_ns)
+			spin_end = now + (uint64_t)timeout_ns;
+		c->stats.spins++;
+		while (!ue__uring_pending(c->uring) && now_ns() < spin_end)
+			cpu_relax();
+		if (ue__uring_pending(c->uring)) {
+			c->stats.spin_hits++;
+			if (timeout_ns > 0) {
+				now = now_ns() - now;
+				timeout_ns = now >= (uint64_t)timeout_ns ? 0 : timeout_ns - (int64_t)now;
+			}
+			return ue__uring_poll(c->uring, out, data_out, maxevents, timeout_ns,
+					      &c->closing);
+		}
+		if (timeout_ns > 0 && now_ns() - now >= (uint64_t)timeout_ns)
+			return 0;
+		/* A signal during the spin: the caller's handlers run first (see below). */
+		resumed = c;
+		return -EINTR;
 	}
 	if (!maxevents)
 		return -EINVAL;

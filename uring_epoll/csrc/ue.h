@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * uring-epoll native layer: the EPOLL_USERPOLL ring consumer, the userspace producer that
- * emulates the kernel on stock kernels, and fixed-argument system call wrappers.
+ * emulates the kernel on stock kernels, the io_uring poll backend, and fixed-argument system
+ * call wrappers.
  *
  * Every function returns a non-negative result or -errno; Python turns that into the right
  * exception. Nothing here touches Python objects, so cffi releases the GIL around each call.
@@ -24,7 +25,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 19
+#define UE_NATIVE_VERSION 20
 
 /*
  * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
@@ -55,9 +56,11 @@ enum ue_wait_mode {
 	UE_WAIT_KERNEL = 1, /* epoll_wait(epfd, NULL, 0, ms) on a userpoll epfd */
 	UE_WAIT_FUTEX = 2,  /* futex on the emulator's tail word */
 	UE_WAIT_EPOLL = 3,  /* no ring: plain epoll_wait into the bound buffer */
+	UE_WAIT_URING = 4,  /* io_uring poll requests: drain the CQ, sleep in io_uring_enter */
 };
 
 struct ue_emu;
+struct ue_uring;
 
 struct ue_stats {
 	uint64_t ring_events; /* events handed to the caller from the ring */
@@ -76,6 +79,7 @@ struct ue_consumer {
 	int mode;
 	int epfd;
 	struct ue_emu *emu;
+	struct ue_uring *uring;
 	uint64_t spin_ns;
 	/* public: */
 	struct ue_stats stats;
@@ -169,6 +173,64 @@ int ue_emu_thread_error(struct ue_emu *emu);
 int ue_emu_stop(struct ue_emu *emu);
 void ue_emu_free(struct ue_emu *emu);
 
+/* io_uring poll requests, the "uring" backend (uring.c) */
+
+/* ue_uring_probe's *missing bits: what this kernel's io_uring lacks for the backend. */
+#define UE_URING_NO_NODROP 1	/* IORING_FEAT_NODROP (5.5): CQ overflow would lose events */
+#define UE_URING_NO_EXT_ARG 2	/* IORING_FEAT_EXT_ARG (5.11): no timed wait in enter */
+#define UE_URING_NO_MULTISHOT 4 /* 5.13's features (IORING_FEAT_RSRC_TAGS): no multishot poll */
+#define UE_URING_NO_POLL_OPS 8	/* IORING_REGISTER_PROBE: no POLL_ADD / POLL_REMOVE */
+
+/* What the Python side needs to map the rings (sizes and mmap offsets). */
+struct ue_uring_info {
+	int ring_fd;
+	int poll_fd; /* an epoll fd holding ring_fd: readable while the CQ holds completions */
+	uint32_t sq_entries;
+	uint32_t cq_entries;
+	uint32_t features;
+	uint32_t sq_ring_size;
+	uint32_t cq_ring_size;
+	uint32_t sqes_size;
+	uint32_t cqes_offset; /* of the CQE array in the CQ ring mapping */
+	uint64_t off_sq_ring;
+	uint64_t off_cq_ring;
+	uint64_t off_sqes;
+};
+
+struct ue_uring_stats {
+	uint64_t cqes;		     /* CQEs consumed, stale ones included */
+	uint64_t events;	     /* events handed out (after coalescing) */
+	uint64_t coalesced;	     /* CQEs ORed into an event of the same batch */
+	uint64_t stale;		     /* CQEs of a removed or modified registration, dropped */
+	uint64_t skipped;	     /* CQEs of a current registration without an asked-for bit */
+	uint64_t rearms;	     /* single-shot polls queued again after a delivery */
+	uint64_t multishot_restarts; /* multishot polls that ended or were cancelled, re-armed */
+	uint64_t overflows;	     /* drains that found CQEs held back (CQ full) and fetched them */
+	uint64_t enters;	     /* io_uring_enter calls */
+	uint64_t sleeps;	     /* enters that waited for a completion */
+};
+
+/* 0 and *missing (UE_URING_NO_*), or -errno of io_uring_setup (-ENOSYS, -EPERM...). */
+int ue_uring_probe(uint32_t *missing);
+/* A ring for max_items registrations (NULL and *err on failure); the caller maps it. */
+struct ue_uring *ue_uring_new(uint32_t max_items, struct ue_uring_info *info, int *err);
+/* The caller's mappings of the SQ ring, CQ ring and SQEs, checked against the offsets. */
+int ue_uring_attach(struct ue_uring *u, void *sq_ring, size_t sq_len, void *cq_ring,
+		    size_t cq_len, void *sqes, size_t sqes_len);
+/* epoll_ctl semantics and errors (events with EPOLLET / EPOLLONESHOT as epoll has them). */
+int ue_uring_ctl(struct ue_uring *u, int op, int fd, uint32_t events, uint64_t data);
+/* Registered fds that still name the file they were registered with: count, into out. */
+long ue_uring_live_fds(struct ue_uring *u, int32_t *out, uint32_t max);
+/* End the registration of fd if fd no longer names its file (closed without DEL). */
+int ue_uring_forget(struct ue_uring *u, int fd);
+int ue_uring_stats(struct ue_uring *u, struct ue_uring_stats *out);
+/* Remove every armed poll request (their files are held): close(), never a fork child. */
+void ue_uring_cancel_all(struct ue_uring *u);
+/* Close the ring's fds and free; submits nothing (safe in a fork child). */
+void ue_uring_free(struct ue_uring *u);
+/* The consumer in UE_WAIT_URING mode; spin_ns as for the rings (clamped the same way). */
+int ue_consumer_init_uring(struct ue_consumer *c, struct ue_uring *u, uint64_t spin_ns);
+
 /* Fixed-argument system call wrappers, each returning the result or -errno (sys.c) */
 int ue_sys_epoll_create2(long nr, int flags, size_t size);
 int ue_sys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
@@ -181,6 +243,8 @@ int ue_sys_eventfd(unsigned int initval, int flags);
  * 0, -EEXIST when something is mapped there, or -errno.
  */
 int ue_sys_reserve(uintptr_t addr, size_t length);
+/* 1 if fd1 and fd2 name the same open file (kcmp), 0 if not, or -errno (no kcmp). */
+int ue_sys_same_file(int fd1, int fd2);
 
 /*
  * Entry points for C code in other extension modules (the benchmark producers and drain
