@@ -211,9 +211,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument(
         "--backend",
         action="append",
-        choices=["kernel", "thread"],
-        help="ring backend(s) for sustained and latency (default: all available); drain "
-        "and scale use kernel when listed, else thread",
+        choices=["kernel", "thread", "uring"],
+        help="backend(s) for sustained and latency, beside select.epoll (default: every "
+        "available one but epoll); drain and scale use kernel when listed, else thread",
     )
     p.add_argument("--producers", type=int, default=1, help="C producer threads (default 1)")
     p.add_argument(
