@@ -491,3 +491,32 @@ def efd() -> Iterator[int]:
         os.close(fd)
     except OSError:
         pass
+
+
+def test_a_pri_only_wakeup_is_not_seen_by_io_uring() -> None:
+    """A known io_uring limit, kept visible: io_poll_wake() ignores a wake-up whose key holds
+    only EPOLLPRI (it masks IO_ASYNC_POLL_COMMON, ONESHOT|PRI, out of the match), so a poll
+    request misses it, where epoll reports it. A kernel vpoll raising PRI alone wakes with
+    exactly that key; the PRI shows with the next wake-up that has another bit. If a kernel
+    ever changes this, this test fails and the README's note can go."""
+    from uring_epoll.vpoll import VPoll, implementation_status
+
+    kernel_forms = [
+        impl for impl in ("eventfd", "device") if implementation_status()[impl].available
+    ]
+    if not kernel_forms:
+        pytest.skip("needs a kernel vpoll (EFD_VPOLL or /dev/vpoll): the patched kernel")
+    pri = select.EPOLLPRI
+    for impl in kernel_forms:
+        with VPoll(0, impl) as source, uring_epoll.epoll(backend="uring") as ours:
+            std = select.epoll()
+            try:
+                for ep in (ours, std):
+                    ep.register(source, EPOLLIN | pri | select.EPOLLOUT)
+                source.add(pri)
+                assert std.poll(0) == [(source.fileno(), pri)]
+                assert ours.poll(0.2) == [], impl
+                source.add(EPOLLIN)
+                assert ours.poll(2) == [(source.fileno(), EPOLLIN | pri)], impl
+            finally:
+                std.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 #: Must equal UE_NATIVE_VERSION in csrc/ue.h; a mismatch means the compiled module is older
 #: (or newer) than the Python code calling it.
-EXPECTED_NATIVE_VERSION = 20
+EXPECTED_NATIVE_VERSION = 21
 
 
 def load_module(name: str, version_constant: str, expected: int) -> Any:

@@ -6,7 +6,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
-#include <linux/kcmp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -78,12 +77,4 @@ int ue_sys_reserve(uintptr_t addr, size_t length)
 		return -EEXIST;
 	}
 	return 0;
-}
-
-int ue_sys_same_file(int fd1, int fd2)
-{
-	/* kcmp(2): 0 when both fds of this process name one open file, 1 or 2 when not. */
-	long ret = syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, fd1, fd2);
-
-	return ret < 0 ? -errno : ret == 0;
 }

@@ -25,7 +25,7 @@
 /* cdef: begin */
 
 /* Bumped whenever the C interface changes; checked at import to catch a stale build. */
-#define UE_NATIVE_VERSION 20
+#define UE_NATIVE_VERSION 21
 
 /*
  * Longest spin on an empty ring before sleeping (spin_ns is clamped to it). A spin only pays
@@ -243,8 +243,6 @@ int ue_sys_eventfd(unsigned int initval, int flags);
  * 0, -EEXIST when something is mapped there, or -errno.
  */
 int ue_sys_reserve(uintptr_t addr, size_t length);
-/* 1 if fd1 and fd2 name the same open file (kcmp), 0 if not, or -errno (no kcmp). */
-int ue_sys_same_file(int fd1, int fd2);
 
 /*
  * Entry points for C code in other extension modules (the benchmark producers and drain

@@ -543,6 +543,20 @@ static uint8_t mode_of(uint32_t events)
 	return events & EV_ET ? REG_ET : REG_LT;
 }
 
+/*
+ * 1 if fd is (a dup of) fileno()'s epoll. The kernel knows: EPOLL_CTL_DEL on that epoll fails
+ * with EINVAL for its own file, and with ENOENT (EBADF, EPERM) for any other file it does not
+ * hold, changing nothing. It holds only the ring's fd, and registrations are keyed by file
+ * and fd number, so a DEL by any other number removes nothing. (kcmp(2) would say it too,
+ * but kernels without CONFIG_KCMP, User-Mode Linux's defconfig among them, lack it.)
+ */
+static int is_front_file(const struct ue_uring *u, int fd)
+{
+	if (fd == u->ring_fd)
+		return 0;
+	return epoll_ctl(u->front_fd, EPOLL_CTL_DEL, fd, NULL) < 0 && errno == EINVAL;
+}
+
 static int ctl_locked(struct ue_uring *u, int op, int fd, uint32_t events, uint64_t data)
 {
 	struct epoll_event ev = { .events = events, .data.u64 = data };
@@ -551,7 +565,7 @@ static int ctl_locked(struct ue_uring *u, int op, int fd, uint32_t events, uint6
 	int ret;
 
 	/* As epoll refuses itself (or a dup of itself: fileno()'s epoll), for every op. */
-	if (fd == u->ring_fd || fd == u->front_fd || ue_sys_same_file(fd, u->front_fd) == 1)
+	if (fd == u->ring_fd || fd == u->front_fd || is_front_file(u, fd))
 		return -EINVAL;
 	if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD && op != EPOLL_CTL_DEL)
 		return -EINVAL;
