@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 import sysconfig
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if os.environ.get("URING_EPOLL_IN_UML"):
         lines.append("running inside the patched User-Mode Linux kernel")
     return lines
+
+
+@pytest.fixture
+def eventfds() -> Iterator[Callable[[int], list[int]]]:
+    """A factory of non-blocking eventfds, all closed after the test (those it closed itself
+    are skipped)."""
+    made: list[int] = []
+
+    def make(n: int) -> list[int]:
+        fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(n)]
+        made.extend(fds)
+        return fds
+
+    yield make
+    for fd in made:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

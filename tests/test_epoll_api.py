@@ -53,23 +53,6 @@ def efd() -> Iterator[int]:
 
 
 @pytest.fixture
-def eventfds() -> Iterator[Callable[[int], list[int]]]:
-    made: list[int] = []
-
-    def make(n: int) -> list[int]:
-        fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(n)]
-        made.extend(fds)
-        return fds
-
-    yield make
-    for fd in made:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-@pytest.fixture
 def pair(backend: str) -> Iterator[tuple[uring_epoll.epoll, select.epoll]]:
     ours, std = uring_epoll.epoll(backend=backend), select.epoll()
     assert ours.backend == backend

@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,23 +31,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 ET_IN = EPOLLIN | EPOLLET
-
-
-@pytest.fixture
-def eventfds() -> Iterator[Callable[[int], list[int]]]:
-    made: list[int] = []
-
-    def make(n: int) -> list[int]:
-        fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(n)]
-        made.extend(fds)
-        return fds
-
-    yield make
-    for fd in made:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def drain_counts(ep: uring_epoll.epoll, buf: np.ndarray, counts: dict[int, int]) -> int:
